@@ -1,0 +1,1 @@
+"""Data pipeline: video decoding and preprocessing, the training dataset and its collator."""
