@@ -1,1 +1,1 @@
-"""Data pipeline: video decoding and preprocessing, the training dataset and its collator."""
+"""Video decoding, preprocessing and the QVED data utilities."""
