@@ -137,7 +137,9 @@ def manifest_classes(manifest: Any, manifest_path: Path, dataset_dir: Path) -> t
     for key, value in manifest.items():
         relpath = dataset_relpath(key, dataset_dir)
         if relpath is None or "/" not in relpath:
-            warnings.append(f"{manifest_path.name}: entry {key!r} is not a '<class>/<file>' path inside the dataset; ignored")
+            warnings.append(
+                f"{manifest_path.name}: entry {key!r} is not a '<class>/<file>' path inside the dataset; ignored"
+            )
             continue
         folder = relpath.split("/", 1)[0]
         exercise_class = value.strip() if isinstance(value, str) and value.strip() else folder
@@ -155,9 +157,7 @@ def _match_manifest(relpath: str, classes: dict[str, str]) -> tuple[str | None, 
     """The manifest entry for a record path: exact match, else a unique component-wise suffix match."""
     if relpath in classes:
         return relpath, ""
-    candidates = sorted(
-        entry for entry in classes if entry.endswith("/" + relpath) or relpath.endswith("/" + entry)
-    )
+    candidates = sorted(entry for entry in classes if entry.endswith("/" + relpath) or relpath.endswith("/" + entry))
     if len(candidates) == 1:
         return candidates[0], ""
     if candidates:
@@ -230,7 +230,9 @@ def split_samples(
     test, round(n·val_ratio) to val, the rest (at least one group) to train. Independent of input order.
     """
     if not (0 <= val_ratio < 1 and 0 <= test_ratio < 1 and val_ratio + test_ratio < 1):
-        raise ValueError(f"need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1, got {val_ratio}, {test_ratio}")
+        raise ValueError(
+            f"need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1, got {val_ratio}, {test_ratio}"
+        )
     groups: dict[str, dict[tuple[str, str], list[QvedSample]]] = defaultdict(lambda: defaultdict(list))
     for sample in samples:
         groups[sample.exercise_class][source_group(sample.relpath)].append(sample)
@@ -323,7 +325,7 @@ def convert(
     log("per exercise: " + ", ".join(f"{name} {count}" for name, count in sorted(per_class.items())))
     if unlabeled:
         log(f"{unlabeled} manifest videos have no usable label record")
-    for split, path in zip(wanted, result.written):
+    for split, path in zip(wanted, result.written, strict=True):
         log(f"wrote {len(result.splits[split])} {split} samples to {path}")
     return result
 
@@ -352,8 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ground-truth", help="label records (default: <dataset-dir>/ground_truth.json)")
     parser.add_argument("--manifest", help="video → class mapping (default: <dataset-dir>/manifest.json)")
     parser.add_argument("--output-dir", help="where qved_*.json are written (default: <dataset-dir>)")
-    parser.add_argument("--val-ratio", type=_ratio, default=0.0, help="fraction of videos per exercise for qved_val.json (default 0)")
-    parser.add_argument("--test-ratio", type=_ratio, default=0.0, help="fraction of videos per exercise for qved_test.json (default 0)")
+    parser.add_argument(
+        "--val-ratio", type=_ratio, default=0.0, help="fraction of videos per exercise for qved_val.json (default 0)"
+    )
+    parser.add_argument(
+        "--test-ratio", type=_ratio, default=0.0, help="fraction of videos per exercise for qved_test.json (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default {DEFAULT_SEED})")
     return parser
 

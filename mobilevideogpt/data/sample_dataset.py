@@ -250,7 +250,7 @@ def make_sample_dataset(
     write_json(out / "ground_truth.json", records)
     write_json(out / "manifest.json", manifest)
     short = sum(spec.num_frames < 16 for spec in specs)
-    log(f"wrote {len(specs)} synthetic videos ({short} shorter than 16 frames) in {len(QVED_EXERCISES)} exercise folders to {out}")
+    log(f"wrote {len(specs)} synthetic videos ({short} shorter than 16 frames) to {out}")
     convert(out, log=log)
     return specs
 

@@ -18,7 +18,6 @@ import contextlib
 import importlib
 import importlib.metadata
 import io
-import json
 import os
 import platform
 import sys
@@ -70,7 +69,7 @@ class Report:
     colour: bool = False
     counts: dict[str, int] = field(default_factory=lambda: {OK: 0, INFO: 0, WARN: 0, FAIL: 0})
     failures: list[str] = field(default_factory=list)
-    out: Any = sys.stdout
+    out: Any = field(default_factory=lambda: sys.stdout)
 
     def paint(self, text: str, status: str) -> str:
         return f"{_COLOURS[status]}{text}{_RESET}" if self.colour else text
@@ -129,7 +128,11 @@ def check_dataset_layout(report: Report, dataset_dir: Path) -> dict[str, list[Pa
         report.add(OK if videos else WARN, f"{name}/: {len(videos)} videos{extra}")
     total = sum(len(videos) for videos in folders.values())
     if total == 0:
-        report.add(FAIL, f"no video files in any sub-folder of {dataset_dir}")
+        report.add(
+            FAIL,
+            f"no video files in any sub-folder of {dataset_dir} (put the QVED videos there, or try the synthetic "
+            f"sample: python utils/make_sample_dataset.py)",
+        )
     elif total == GUIDE_VIDEO_COUNT and len(folders) == len(QVED_EXERCISES):
         report.add(OK, f"{total} videos in {len(folders)} exercise folders, as in the guide")
     else:
@@ -168,7 +171,9 @@ def check_videos_decode(report: Report, videos: list[Path], dataset_dir: Path) -
         else:
             report.add(OK, f"{name}: {facts}", show=show_all)
     if not show_all:
-        report.add(INFO, f"{len(videos)} videos checked; only problems listed ({short} shorter than {NUM_FRAMES} frames)")
+        report.add(
+            INFO, f"{len(videos)} videos checked; only problems listed ({short} shorter than {NUM_FRAMES} frames)"
+        )
 
 
 def check_manifest(report: Report, dataset_dir: Path, manifest: Any, manifest_path: Path) -> dict[str, str]:
@@ -266,7 +271,10 @@ def check_annotations(report: Report, dataset_dir: Path) -> set[Path]:
 def check_dataset(report: Report, dataset_dir: Path) -> None:
     report.section(f"Dataset files ({dataset_dir})")
     if not dataset_dir.is_dir():
-        report.add(FAIL, f"dataset folder not found: {dataset_dir} (see the guide, or try `python utils/make_sample_dataset.py`)")
+        report.add(
+            FAIL,
+            f"dataset folder not found: {dataset_dir} (see the guide, or try `python utils/make_sample_dataset.py`)",
+        )
         return
     manifest_path = dataset_dir / "manifest.json"
     ground_truth_path = dataset_dir / "ground_truth.json"
@@ -325,7 +333,9 @@ def check_environment(report: Report) -> bool:
     """Python, conda env and packages; returns whether torch imported (for the GPU check)."""
     report.section("Environment")
     python = f"Python {platform.python_version()} ({sys.executable})"
-    report.add(OK if sys.version_info >= (3, 10) else FAIL, python + ("" if sys.version_info >= (3, 10) else ": needs 3.10+"))
+    report.add(
+        OK if sys.version_info >= (3, 10) else FAIL, python + ("" if sys.version_info >= (3, 10) else ": needs 3.10+")
+    )
     conda_env = os.environ.get("CONDA_DEFAULT_ENV")
     if conda_env:
         report.add(OK, f"conda environment: {conda_env}")
@@ -339,7 +349,11 @@ def check_environment(report: Report) -> bool:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             report.add(FAIL, f"{name} ({distribution}) cannot be imported: {first_line}")
             continue
-        where = f" from {Path(module.__file__).parent}" if name == "mobilevideogpt" and getattr(module, "__file__", None) else ""
+        where = (
+            f" from {Path(module.__file__).parent}"
+            if name == "mobilevideogpt" and getattr(module, "__file__", None)
+            else ""
+        )
         report.add(OK, f"{name} {_version(module, distribution)}{where}")
         torch_ok = torch_ok or name == "torch"
     for name, distribution, consequence in OPTIONAL_PACKAGES:
@@ -392,9 +406,13 @@ def check_checkpoint(report: Report, model_path: str | None) -> None:
         snapshot = Path(cached).parent
         weights = sorted(p.name for p in snapshot.iterdir() if p.suffix in (".safetensors", ".bin"))
         if weights:
-            report.add(OK, f"in the Hugging Face cache: {snapshot} ({', '.join(weights[:3])}{', ...' if len(weights) > 3 else ''})")
+            shown = ", ".join(weights[:3]) + (", ..." if len(weights) > 3 else "")
+            report.add(OK, f"in the Hugging Face cache: {snapshot} ({shown})")
         else:
-            report.add(WARN, f"only partly in the Hugging Face cache ({snapshot} has no weights); the rest downloads on first use")
+            report.add(
+                WARN,
+                f"only partly in the Hugging Face cache ({snapshot} has no weights); the rest downloads on first use",
+            )
         return
     report.add(
         WARN,
@@ -431,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     project_root = Path(args.project_root).resolve()
     dataset_dir = Path(args.dataset_dir) if args.dataset_dir else project_root / "dataset"
-    colour = sys.stdout.isatty() and not args.no_color and "NO_COLOR" not in os.environ
+    colour = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
     report = Report(colour=colour)
 
     check_dataset(report, dataset_dir)
@@ -445,11 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     counts = report.counts
     summary = f"{counts[OK]} ok, {counts[WARN]} warnings, {counts[FAIL]} failures"
     if report.failures:
-        print(report.paint(f"SETUP INCOMPLETE: {summary}", FAIL))
+        print(report.paint(f"SETUP INCOMPLETE: {summary}", FAIL), file=report.out)
         for failure in report.failures:
-            print(f"  - {failure}")
+            print(f"  - {failure}", file=report.out)
         return 1
-    print(report.paint(f"SETUP OK: {summary}", OK))
+    print(report.paint(f"SETUP OK: {summary}", OK), file=report.out)
     return 0
 
 

@@ -223,9 +223,7 @@ def _decode_with_opencv(path: Path, num_frames: int) -> DecodedVideo:
     return DecodedVideo(frames, indices, fps, total, "opencv", str(path))
 
 
-def decode_video(
-    path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend: str | None = None
-) -> DecodedVideo:
+def decode_video(path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend: str | None = None) -> DecodedVideo:
     """Decode the `num_frames` frames chosen by `sample_frame_indices` from `path`.
 
     Args:
@@ -259,9 +257,7 @@ def decode_video(
             ) from opencv_error
 
 
-def read_video_frames(
-    path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend: str | None = None
-) -> np.ndarray:
+def read_video_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend: str | None = None) -> np.ndarray:
     """The sampled frames of `path` as a (num_frames, H, W, 3) uint8 RGB array (see `decode_video`)."""
     return decode_video(path, num_frames, backend).frames
 
