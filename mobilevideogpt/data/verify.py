@@ -194,7 +194,7 @@ def check_ground_truth(
     if not isinstance(ground_truth, list):
         report.add(FAIL, f"{path.name} must be a JSON list of label records, got a JSON {type(ground_truth).__name__}")
         return
-    samples, problems = collect_samples(ground_truth, classes, dataset_dir, path)
+    _, problems = collect_samples(ground_truth, classes, dataset_dir, path)
     if problems:
         report.add_many(
             WARN,
@@ -255,6 +255,9 @@ def check_annotations(report: Report, dataset_dir: Path) -> set[Path]:
         annotation = _json_file(report, path, f"{split} annotations")
         if annotation is None:
             continue
+        if isinstance(annotation, list) and not annotation:
+            report.add(FAIL, f"{filename} has no samples")
+            continue
         schema, missing, found = annotation_problems(annotation, path)
         used |= found
         if schema:
@@ -263,8 +266,6 @@ def check_annotations(report: Report, dataset_dir: Path) -> set[Path]:
             report.add_many(FAIL, f"{filename}: {len(missing)} videos not found", missing)
         if not schema and not missing:
             report.add(OK, f"{filename}: {len(annotation)} samples, schema valid, every video exists")
-        if isinstance(annotation, list) and not annotation:
-            report.add(FAIL, f"{filename} has no samples")
     return used
 
 
@@ -280,19 +281,19 @@ def check_dataset(report: Report, dataset_dir: Path) -> None:
     ground_truth_path = dataset_dir / "ground_truth.json"
     manifest = _json_file(report, manifest_path, "video → exercise mapping")
     ground_truth = _json_file(report, ground_truth_path, "original labels")
-    classes: dict[str, str] = {}
+    classes: dict[str, str] | None = None
     if manifest is not None:
         try:
             classes = check_manifest(report, dataset_dir, manifest, manifest_path)
         except QvedInputError as exc:
             report.add(FAIL, str(exc))
-    if ground_truth is not None:
+    if ground_truth is not None and classes is not None:
         check_ground_truth(report, dataset_dir, ground_truth, ground_truth_path, classes)
     used = check_annotations(report, dataset_dir)
 
     folders = check_dataset_layout(report, dataset_dir)
     on_disk = {path.resolve() for videos in folders.values() for path in videos}
-    referenced = {(dataset_dir / relpath).resolve() for relpath in classes} | used
+    referenced = {(dataset_dir / relpath).resolve() for relpath in classes or {}} | used
     videos = sorted((on_disk | {p for p in referenced if p.is_file()}), key=str)
     unused = on_disk - used
     if used and unused:
@@ -472,4 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of the setup
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
