@@ -2,7 +2,7 @@
 
 6 exercise folders × 5 short OpenCV-written videos (moving shapes, not people), a QEVD-style
 `ground_truth.json`, `manifest.json`, `qved_train.json` (through the real conversion) and a README.txt saying
-it is synthetic. Deterministic for a seed: the same bytes on every run. The real QVED replaces it file for
+it is synthetic. Deterministic for a seed: the same bytes on every run (with the same OpenCV build). The real QVED replaces it file for
 file. Two names match the guide's examples (`tricep_stretch/00002012.mp4`, `squats/00093026.mp4`) so its
 commands work on the sample too.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mobilevideogpt.data.paths import dataset_relpath
 from mobilevideogpt.data.qved import QVED_EXERCISES, QvedInputError, convert, write_json
 
 SYNTHETIC_MARKER = "SYNTHETIC SAMPLE DATASET"
@@ -216,10 +217,9 @@ def _remove_previous_sample(out: Path) -> None:
     if not isinstance(manifest, dict):
         return
     for key in manifest:
-        relpath = key.split("/", 1)[1] if key.startswith("dataset/") else key
-        candidate = (out / relpath).resolve()
-        if candidate.suffix == ".mp4" and candidate.is_relative_to(out.resolve()) and candidate.is_file():
-            candidate.unlink()
+        relpath = dataset_relpath(key, out) if isinstance(key, str) else None
+        if relpath is not None and relpath.endswith(".mp4") and (out / relpath).is_file():
+            (out / relpath).unlink()
 
 
 def make_sample_dataset(
@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="dataset", help="output folder (default: dataset)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"generation seed (default {DEFAULT_SEED})")
     parser.add_argument(
-        "--force", action="store_true", help="write into a folder that already holds other (e.g. real) data"
+        "--force",
+        action="store_true",
+        help="write into a folder holding other (e.g. real) data; replaces its ground_truth.json, manifest.json and "
+        "qved_train.json",
     )
     args = parser.parse_args(argv)
     try:
