@@ -2,9 +2,9 @@
 
 6 exercise folders × 5 short OpenCV-written videos (moving shapes, not people), a QEVD-style
 `ground_truth.json`, `manifest.json`, `qved_train.json` (through the real conversion) and a README.txt saying
-it is synthetic. Deterministic for a seed: the same bytes on every run (with the same OpenCV build). The real QVED replaces it file for
-file. Two names match the guide's examples (`tricep_stretch/00002012.mp4`, `squats/00093026.mp4`) so its
-commands work on the sample too.
+it is synthetic. Deterministic for a seed: the same bytes on every run (with the same OpenCV build). The real
+QVED replaces it file for file. Two names match the guide's examples (`tricep_stretch/00002012.mp4`,
+`squats/00093026.mp4`) so its commands work on the sample too.
 """
 
 from __future__ import annotations
