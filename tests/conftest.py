@@ -1,4 +1,13 @@
+"""Shared fixtures: the real Qwen2.5 tokenizer and the synthetic sample dataset, each built once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
 import pytest
+
+from mobilevideogpt.data.sample_dataset import make_sample_dataset
 
 
 @pytest.fixture(scope="session")
@@ -7,3 +16,20 @@ def qwen25_tokenizer():
     from mobilevideogpt.tokenizer import build_qwen25_tokenizer
 
     return build_qwen25_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`<tmp project>/dataset`: the synthetic 6 × 5 QVED-layout dataset with qved_train.json. Read-only:
+    tests that modify files use `sample_dataset_copy`."""
+    root = tmp_path_factory.mktemp("sample_project")
+    make_sample_dataset(root / "dataset", log=lambda message: None)
+    return root / "dataset"
+
+
+@pytest.fixture
+def sample_dataset_copy(sample_dataset_dir: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the sample dataset at `<tmp_path>/dataset`."""
+    target = tmp_path / "dataset"
+    shutil.copytree(sample_dataset_dir, target)
+    return target
