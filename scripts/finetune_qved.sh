@@ -21,7 +21,6 @@ Environment variables (default):
   MODEL        base checkpoint, hub id or directory   (Amshaker/Mobile-VideoGPT-0.5B)
   DATASET      training set: registry name or .json   (QVED_TRAIN)
   DATASET_VAL  evaluation set, empty for none         (QVED_VAL if dataset/qved_val.json exists)
-  DATA_ROOT    directory video paths are relative to  (.)
   EPOCHS       number of epochs                       (10)
   LR           learning rate (LoRA)                   (1e-4)
   MM_PROJ_LR   projector learning rate                (2e-5)
@@ -67,7 +66,6 @@ if [[ $DEMO == 1 ]]; then
   fi
   DATASET=${DATASET:-$DEMO_DIR/dataset/qved_train.json}
   DATASET_VAL=${DATASET_VAL-$DEMO_DIR/dataset/qved_val.json}
-  DATA_ROOT=${DATA_ROOT:-$DEMO_DIR}
   EPOCHS=${EPOCHS:-1}
   LR=${LR:-1e-3}
   MM_PROJ_LR=${MM_PROJ_LR:-1e-3}
@@ -85,7 +83,6 @@ DATASET=${DATASET:-QVED_TRAIN}
 if [[ -z ${DATASET_VAL+x} ]]; then
   DATASET_VAL=$([[ -f dataset/qved_val.json ]] && echo QVED_VAL || echo "")
 fi
-DATA_ROOT=${DATA_ROOT:-.}
 EPOCHS=${EPOCHS:-10}
 LR=${LR:-1e-4}
 MM_PROJ_LR=${MM_PROJ_LR:-2e-5}
@@ -136,7 +133,7 @@ RESUME_ARGS=()
 cat <<CONFIG
 == QVED finetuning: Mobile-VideoGPT ==
   base model        $MODEL
-  train / val data  $DATASET / ${DATASET_VAL:-none}   (videos under $DATA_ROOT)
+  train / val data  $DATASET / ${DATASET_VAL:-none}
   epochs            $EPOCHS
   learning rate     $LR (projectors $MM_PROJ_LR)
   LoRA r / alpha    $LORA_R / $LORA_ALPHA
@@ -152,7 +149,6 @@ exec "${LAUNCH[@]}" mobilevideogpt/train/train.py \
   --deepspeed "$DS_CONFIG" \
   --model_name_or_path "$MODEL" \
   --dataset_use "$DATASET" \
-  --data_root "$DATA_ROOT" \
   --output_dir "$OUTPUT_DIR" \
   --num_train_epochs "$EPOCHS" \
   --learning_rate "$LR" \

@@ -80,7 +80,7 @@ def test_item_contents(tmp_path, qwen25_tokenizer):
     assert (item["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1
     assert item["images"].shape == item["context_images"].shape == (T, 3, SIZE, SIZE)
     assert torch.equal(item["context_images"], -item["images"])
-    # Relative video paths start from the registry's data_path (the project root).
+    # The guide's `dataset/<class>/<file>` paths start from the parent of the annotation file's folder.
     assert ds.video_loader.calls == [str(tmp_path.resolve() / "dataset/squats/ok1.mp4")]
     text_only = ds[1]
     assert "images" not in text_only and IMAGE_TOKEN_INDEX not in text_only["input_ids"].tolist()

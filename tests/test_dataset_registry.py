@@ -35,7 +35,7 @@ def test_registry_names():
     assert DataConfig["QVED"] == DataConfig["QVED_TRAIN"] == [QVED_TRAIN]
     for split in ("train", "val", "test"):
         (entry,) = DataConfig[f"QVED_{split.upper()}"]
-        assert entry == {"annotation_path": f"dataset/qved_{split}.json", "data_path": "."}
+        assert entry == {"annotation_path": f"dataset/qved_{split}.json"}
 
 
 def test_resolve_names_against_root(tmp_path):
@@ -43,7 +43,6 @@ def test_resolve_names_against_root(tmp_path):
     entries = resolve_datasets("QVED_TRAIN, QVED_VAL", root=tmp_path)
     assert [e.name for e in entries] == ["QVED_TRAIN", "QVED_VAL"]
     assert entries[0].annotation_path == tmp_path.resolve() / "dataset/qved_train.json"
-    assert all(e.data_path == tmp_path.resolve() for e in entries)
     # Naming the same file twice keeps it once.
     assert len(resolve_datasets("QVED,QVED_TRAIN", root=tmp_path)) == 1
 
@@ -59,20 +58,18 @@ def test_resolve_direct_json_paths(tmp_path):
     (tmp_path / "mine.json").write_text("[]")
     (relative,) = resolve_datasets("mine.json", root=tmp_path)
     assert relative.annotation_path == tmp_path.resolve() / "mine.json"
-    assert relative.data_path == tmp_path.resolve()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (absolute,) = resolve_datasets(str(tmp_path / "mine.json"), root=elsewhere)
     assert absolute.annotation_path == tmp_path / "mine.json"
-    assert absolute.data_path == elsewhere.resolve()
 
 
 def test_registry_absolute_paths_kept(tmp_path):
     annotation = tmp_path / "a.json"
     annotation.write_text("[]")
-    registry = {"MINE": [{"annotation_path": str(annotation), "data_path": "/videos"}]}
+    registry = {"MINE": [{"annotation_path": str(annotation)}]}
     (entry,) = resolve_datasets("MINE", root=tmp_path / "other", registry=registry)
-    assert entry.annotation_path == annotation and entry.data_path == Path("/videos")
+    assert entry.annotation_path == annotation
 
 
 def test_unknown_name_lists_valid_names(tmp_path):

@@ -1,10 +1,10 @@
 """Dataset registry: the names `--dataset_use` accepts, and their resolution to annotation files.
 
-Each name maps to a list of `{"annotation_path", "data_path"}`: the annotation JSON (a list of records with
-`video` and `conversations`) and the folder its relative `video` paths start from. Registry paths are relative to
-the project root (the directory training runs from). The QVED JSON written by `utils/qved_from_fine_labels.py`
-stores video paths such as `dataset/squats/00093026.mp4`, i.e. relative to the project root, so QVED's
-`data_path` is the root itself (".").
+Each name maps to a list of `{"annotation_path"}` entries: annotation JSONs (lists of records with `video` and
+`conversations`), relative to the project root (the directory training runs from). Relative `video` paths inside
+an annotation file follow one rule everywhere (`data.paths.resolve_annotation_video`): the guide's
+`dataset/<class>/<file>.mp4` is relative to the parent of the annotation file's folder, the published
+`<class>/<file>.mp4` to the folder itself.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-QVED_TRAIN = {"annotation_path": "dataset/qved_train.json", "data_path": "."}
-QVED_VAL = {"annotation_path": "dataset/qved_val.json", "data_path": "."}
-QVED_TEST = {"annotation_path": "dataset/qved_test.json", "data_path": "."}
+QVED_TRAIN = {"annotation_path": "dataset/qved_train.json"}
+QVED_VAL = {"annotation_path": "dataset/qved_val.json"}
+QVED_TEST = {"annotation_path": "dataset/qved_test.json"}
 
 # The published instruction-tuning mix (public video instruction sets) is not part of this project; the list
 # starts empty and QVED joins it, so `--dataset_use MobileGPT` trains on QVED as the guide describes.
@@ -43,11 +43,10 @@ _MISSING_HINTS = {
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One resolved annotation file: absolute `annotation_path`, and `data_path` that relative videos start from."""
+    """One resolved annotation file."""
 
     name: str
     annotation_path: Path
-    data_path: Path
 
 
 def _absolute(path: str | os.PathLike, root: Path) -> Path:
@@ -62,8 +61,7 @@ def resolve_datasets(
 ) -> list[DatasetEntry]:
     """Resolves `"QVED_TRAIN,QVED_VAL"` (registry names and/or paths to `.json` files) to existing annotation files.
 
-    Relative paths resolve against `root` (default: the current directory); a direct `.json` path uses `root` as
-    its `data_path`, like the QVED entries. A file named twice is kept once. Raises `ValueError` for an unknown
+    Relative annotation paths resolve against `root` (default: the current directory). A file named twice is kept once. Raises `ValueError` for an unknown
     name (listing the valid ones) or an empty selection, `FileNotFoundError` for a missing annotation file.
     """
     registry = DataConfig if registry is None else registry
@@ -84,19 +82,19 @@ def resolve_datasets(
                     f"in the directory training starts from (now {os.getcwd()}). Run from the project root, or use "
                     "--dataset_use QVED_TRAIN."
                 )
-            candidates = [(name, item["annotation_path"], item["data_path"]) for item in registry[name]]
+            candidates = [(name, item["annotation_path"]) for item in registry[name]]
         elif name.endswith(".json") or os.path.sep in name or "/" in name:
-            candidates = [(name, name, root)]
+            candidates = [(name, name)]
         else:
             raise ValueError(
                 f"unknown dataset {name!r}; valid names: {', '.join(sorted(registry))} (or a path to a .json file)"
             )
-        for label, annotation, data in candidates:
+        for label, annotation in candidates:
             annotation_path = _absolute(annotation, root)
             if not annotation_path.is_file():
                 hint = _MISSING_HINTS.get(str(annotation), "check the path")
                 raise FileNotFoundError(f"annotation file for dataset {label!r} not found: {annotation_path}; {hint}")
-            entry = DatasetEntry(label, annotation_path, _absolute(data, root))
+            entry = DatasetEntry(label, annotation_path)
             if all(e.annotation_path != entry.annotation_path for e in entries):
                 entries.append(entry)
     return entries

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from mobilevideogpt.config import DatasetEntry
 from mobilevideogpt.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, NUM_FRAMES
+from mobilevideogpt.data.paths import resolve_annotation_video
 from mobilevideogpt.conversation import conversation_segments, tokenize_conversation, turn_role_and_text
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class SupervisedVideoDataset(Dataset):
 
     Args:
         entries: resolved annotation files (`config.resolve_datasets`), or mappings with `annotation_path` and
-            `data_path`; relative `video` paths in the records start from `data_path`.
+            relative `video` paths resolve with `data.paths.resolve_annotation_video`.
         video_loader: `f(path, num_frames=..., image_size=...)` returning an object with `frames` and
             `context_frames`; default `mobilevideogpt.data.video.load_video_inputs`. `OSError` / `RuntimeError`
             (which includes the decoder's `VideoDecodeError`) mean "this video is unusable".
@@ -138,7 +139,7 @@ class SupervisedVideoDataset(Dataset):
         for entry in entries:
             self._read_annotations(entry)
         if not self.records:
-            raise ValueError(f"no usable samples in {[str(_entry_paths(e)[0]) for e in entries]}")
+            raise ValueError(f"no usable samples in {[str(_annotation_path(e)) for e in entries]}")
         if model_max_length <= num_visual_tokens and any(r.video is not None for r in self.records):
             raise ValueError(
                 f"model_max_length={model_max_length} cannot hold one video's {num_visual_tokens} visual tokens plus "
@@ -148,7 +149,7 @@ class SupervisedVideoDataset(Dataset):
         self._word_lengths = [sum(len(turn_role_and_text(t)[1].split()) for t in r.conversations) for r in self.records]
 
     def _read_annotations(self, entry: DatasetEntry | Mapping) -> None:
-        annotation_path, data_path = _entry_paths(entry)
+        annotation_path = _annotation_path(entry)
         try:
             with open(annotation_path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -182,7 +183,7 @@ class SupervisedVideoDataset(Dataset):
             if not any(supervised for _, supervised in segments):
                 dropped[NO_ANSWER].append(index)
                 continue
-            video_path = str(Path(data_path, video)) if video is not None else None
+            video_path = str(resolve_annotation_video(video, annotation_path)) if video is not None else None
             self.records.append(_Record(conversations, video_path, f"{annotation_path}#{index}"))
         self.num_records_read += len(data)
         for reason, indices in dropped.items():
@@ -294,7 +295,5 @@ class SupervisedVideoDataset(Dataset):
         return item
 
 
-def _entry_paths(entry: DatasetEntry | Mapping) -> tuple[Path, Path]:
-    if isinstance(entry, Mapping):
-        return Path(entry["annotation_path"]), Path(entry["data_path"])
-    return Path(entry.annotation_path), Path(entry.data_path)
+def _annotation_path(entry: DatasetEntry | Mapping) -> Path:
+    return Path(entry["annotation_path"] if isinstance(entry, Mapping) else entry.annotation_path)

@@ -28,7 +28,6 @@ class DataArguments:
         metadata={"help": "Registry names (comma-separated, e.g. QVED_TRAIN) or paths to annotation .json files."},
     )
     dataset_val: str | None = field(default=None, metadata={"help": "Evaluation set, same syntax as dataset_use."})
-    data_root: str = field(default=".", metadata={"help": "Directory that relative video paths resolve against."})
     num_frames: int = field(default=NUM_FRAMES, metadata={"help": "Frames sampled per video."})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message of the template."})
 

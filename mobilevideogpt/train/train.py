@@ -37,7 +37,7 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, t
 
     def make(spec: str) -> SupervisedVideoDataset:
         return SupervisedVideoDataset(
-            resolve_datasets(spec, root=data_args.data_root),
+            resolve_datasets(spec),
             tokenizer,
             model_max_length=max_length,
             num_visual_tokens=visual_tokens,
