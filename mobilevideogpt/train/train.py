@@ -59,16 +59,21 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     transformers.utils.logging.set_verbosity_warning()
-    transformers.set_seed(training_args.seed)
+    run(model_args, data_args, training_args)
 
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> MobileVideoGPTTrainer:
+    """Train, save `checkpoint-final/` and the loss curve; returns the trainer (its model is the trained one)."""
+    transformers.set_seed(training_args.seed)
     # TrainingArguments exist before the model: with a ZeRO-3 config, transformers then builds it partitioned.
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     model = load_model_for_training(model_args, training_args)
-    visual_tokens = model.config.visual_tokens_per_video
     if training_args.should_log:
         logger.info("trainable parameters:\n%s", trainable_summary(model))
 
-    train_set, val_set, collator = build_datasets(data_args, training_args, tokenizer, visual_tokens)
+    train_set, val_set, collator = build_datasets(
+        data_args, training_args, tokenizer, model.config.visual_tokens_per_video
+    )
     trainer = MobileVideoGPTTrainer(
         model=model,
         args=training_args,
@@ -93,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer.save_final(final_dir)
     if training_args.should_save:
         curve = plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
-        skipped = train_set.skip_summary()
         logger.info("saved %s%s", final_dir, f"; loss curve {curve}" if curve else "")
-        logger.info("training data: %s", skipped)
+        logger.info("training data: %s", train_set.skip_summary())
+    return trainer
 
 
 def save_hyperparameters(output_dir, model_args, data_args, training_args, num_train_samples: int) -> None:
