@@ -230,6 +230,8 @@ def resolve_videomamba_file(source: str) -> Path:
         return local
     if local.is_dir():
         raise CheckpointLoadError(f"{source!r} is a directory; point at the VideoMamba .pth / .safetensors file")
+    if os.path.isabs(source) or source.startswith((".", "~")):
+        raise CheckpointLoadError(f"file {source!r} does not exist")
     parts = source.removeprefix("hf://").split("/")
     if len(parts) < 3:
         raise CheckpointLoadError(f"{source!r} is neither a local file nor an 'owner/repo/file' hub path")
