@@ -232,3 +232,25 @@ def test_frozen_towers_stay_in_eval_and_projectors_always_get_gradients():
     model.model.vision_tower.requires_grad_(True)
     model.train()
     assert model.model.vision_tower.training
+
+
+def test_lora_wrapped_model_forward_and_generate_with_videos(model):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = MobileVideoGPTQwenForCausalLM(model.config)
+    base.load_state_dict(model.state_dict())
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM",
+                                           target_modules=r".*model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"))
+    images, context = videos(2, 7)
+    ids, mask = right_pad([PROMPT_A, PROMPT_B], 0)
+    lora.train()
+    out = lora(input_ids=ids, attention_mask=mask, labels=ids.clamp(min=0), images=images, context_images=context)
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_" in n)
+    lora.eval()
+    new = lora.generate(input_ids=ids, attention_mask=mask, images=images, context_images=context,
+                        max_new_tokens=3, do_sample=False, pad_token_id=0)
+    # LoRA B starts at zero, so the wrapped model decodes exactly like the base model.
+    assert torch.equal(new, model.generate(ids, images=images, context_images=context, attention_mask=mask,
+                                           max_new_tokens=3, do_sample=False, pad_token_id=0))

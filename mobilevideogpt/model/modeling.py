@@ -84,6 +84,8 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         for name, value in (("images", images), ("context_images", context_images)):
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(f"`{name}` must be a (videos, frames, 3, H, W) tensor, got {type(value).__name__}")
+        device = self.embed_tokens.weight.device
+        input_ids, attention_mask, labels = (t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels))
         visual = self.encode_videos(images, context_images) if images is not None else None
         return splice_visual_tokens(input_ids, self.embed_tokens, visual, attention_mask, labels, padding_side)
 
