@@ -14,3 +14,6 @@ CHUNK_SIZE = 8
 NUM_SELECT_K_FRAMES_IN_CHUNK = 4
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# The published checkpoint that Stage-3 QVED finetuning starts from.
+BASE_MODEL_ID = "Amshaker/Mobile-VideoGPT-0.5B"

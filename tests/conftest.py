@@ -1,8 +1,43 @@
+"""Shared fixtures, each built once per session: the real Qwen2.5 tokenizer, the synthetic sample dataset and
+a tiny Mobile-VideoGPT checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
 import pytest
+
+from mobilevideogpt.data.sample_dataset import make_sample_dataset
 
 
 @pytest.fixture(scope="session")
-def mvgpt_tiny_checkpoint(tmp_path_factory):
+def qwen25_tokenizer():
+    """The real Qwen2.5 tokenizer, built once per test session (~5 s)."""
+    from mobilevideogpt.tokenizer import build_qwen25_tokenizer
+
+    return build_qwen25_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`<tmp project>/dataset`: the synthetic 6 × 5 QVED-layout dataset with qved_train.json. Read-only:
+    tests that modify files use `sample_dataset_copy`."""
+    root = tmp_path_factory.mktemp("sample_project")
+    make_sample_dataset(root / "dataset", log=lambda message: None)
+    return root / "dataset"
+
+
+@pytest.fixture
+def sample_dataset_copy(sample_dataset_dir: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the sample dataset at `<tmp_path>/dataset`."""
+    target = tmp_path / "dataset"
+    shutil.copytree(sample_dataset_dir, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def mvgpt_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Mobile-VideoGPT checkpoint (published geometry) + the real Qwen2.5 tokenizer, written
     once per session with `save_tiny_checkpoint(seed=0)` (~6 s). Read-only: copy it before modifying."""
     from mobilevideogpt.model.tiny import save_tiny_checkpoint

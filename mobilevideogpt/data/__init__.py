@@ -1,0 +1,1 @@
+"""Video decoding, preprocessing and the QVED data utilities."""

@@ -1,0 +1,124 @@
+"""Stage-3 finetuning entry point: LoRA on the LLM + both ETP projectors, frozen towers, DeepSpeed ZeRO-3.
+
+Launched by `scripts/finetune_qved.sh` through the DeepSpeed launcher (one process per GPU, or on CPU), or
+directly: `python -m mobilevideogpt.train.train --help`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, HfArgumentParser
+
+if __package__ in (None, ""):  # run as a file by the DeepSpeed launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mobilevideogpt.config import resolve_datasets
+from mobilevideogpt.data.collator import VideoSFTCollator
+from mobilevideogpt.data.dataset import SupervisedVideoDataset
+from mobilevideogpt.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from mobilevideogpt.train.checkpoints import FINAL_CHECKPOINT, latest_complete_checkpoint
+from mobilevideogpt.train.model_setup import load_model_for_training, trainable_summary
+from mobilevideogpt.train.plots import plot_loss_curve
+from mobilevideogpt.train.trainer import MobileVideoGPTTrainer
+
+logger = logging.getLogger("mobilevideogpt.train")
+
+
+def build_datasets(data_args: DataArguments, training_args: TrainingArguments, tokenizer, visual_tokens: int):
+    # MAXLEN is a text budget, as in the published recipe: each video's visual tokens come on top.
+    max_length = training_args.model_max_length + visual_tokens
+
+    def make(spec: str) -> SupervisedVideoDataset:
+        return SupervisedVideoDataset(
+            resolve_datasets(spec),
+            tokenizer,
+            model_max_length=max_length,
+            num_visual_tokens=visual_tokens,
+            num_frames=data_args.num_frames,
+            system_prompt=data_args.system_prompt,
+            seed=training_args.seed,
+        )
+
+    train = make(data_args.dataset_use)
+    val = make(data_args.dataset_val) if data_args.dataset_val else None
+    return train, val, VideoSFTCollator.from_tokenizer(tokenizer, max_length)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.set_seed(training_args.seed)
+
+    # TrainingArguments exist before the model: with a ZeRO-3 config, transformers then builds it partitioned.
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    model = load_model_for_training(model_args, training_args)
+    visual_tokens = model.config.visual_tokens_per_video
+    if training_args.should_log:
+        logger.info("trainable parameters:\n%s", trainable_summary(model))
+
+    train_set, val_set, collator = build_datasets(data_args, training_args, tokenizer, visual_tokens)
+    trainer = MobileVideoGPTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    if training_args.should_save:
+        save_hyperparameters(training_args.output_dir, model_args, data_args, training_args, len(train_set))
+
+    resume = None
+    if training_args.resume:
+        resume = latest_complete_checkpoint(training_args.output_dir)
+        if resume is None:
+            logger.warning("--resume: no complete checkpoint in %s, starting from scratch", training_args.output_dir)
+        else:
+            logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    final_dir = os.path.join(training_args.output_dir, FINAL_CHECKPOINT)
+    trainer.save_final(final_dir)
+    if training_args.should_save:
+        curve = plot_loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss_curve.png")
+        skipped = train_set.skip_summary()
+        logger.info("saved %s%s", final_dir, f"; loss curve {curve}" if curve else "")
+        logger.info("training data: %s", skipped)
+
+
+def save_hyperparameters(output_dir, model_args, data_args, training_args, num_train_samples: int) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    world = max(training_args.world_size, 1)
+    record = {
+        "model": vars(model_args),
+        "data": {**vars(data_args), "num_train_samples": num_train_samples},
+        "training": {
+            k: v
+            for k, v in training_args.to_dict().items()
+            if isinstance(v, (str, int, float, bool, type(None), list, dict))
+        },
+        "effective_batch_size": training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * world,
+        "world_size": world,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    with open(Path(output_dir) / "hyperparameters.json", "w") as f:
+        json.dump(record, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
