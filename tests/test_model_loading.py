@@ -22,7 +22,12 @@ from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
 from mobilevideogpt.model.tiny import TINY_CLIP, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TOWER_PREFIXES = ("model.vision_tower.", "model.image_vision_tower.", "model.mm_projector.", "model.image_mm_projector.")
+TOWER_PREFIXES = (
+    "model.vision_tower.",
+    "model.image_vision_tower.",
+    "model.mm_projector.",
+    "model.image_mm_projector.",
+)
 
 
 # ---------------------------------------------------------------- published layout (fact sheet §2)
@@ -32,55 +37,95 @@ def published_shapes() -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (151936, 896), "model.norm.weight": (896,), "lm_head.weight": (151936, 896)}
     for i in range(24):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (896, 896), p + "self_attn.q_proj.bias": (896,),
-            p + "self_attn.k_proj.weight": (128, 896), p + "self_attn.k_proj.bias": (128,),
-            p + "self_attn.v_proj.weight": (128, 896), p + "self_attn.v_proj.bias": (128,),
-            p + "self_attn.o_proj.weight": (896, 896),
-            p + "mlp.gate_proj.weight": (4864, 896), p + "mlp.up_proj.weight": (4864, 896),
-            p + "mlp.down_proj.weight": (896, 4864),
-            p + "input_layernorm.weight": (896,), p + "post_attention_layernorm.weight": (896,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (896, 896),
+                p + "self_attn.q_proj.bias": (896,),
+                p + "self_attn.k_proj.weight": (128, 896),
+                p + "self_attn.k_proj.bias": (128,),
+                p + "self_attn.v_proj.weight": (128, 896),
+                p + "self_attn.v_proj.bias": (128,),
+                p + "self_attn.o_proj.weight": (896, 896),
+                p + "mlp.gate_proj.weight": (4864, 896),
+                p + "mlp.up_proj.weight": (4864, 896),
+                p + "mlp.down_proj.weight": (896, 4864),
+                p + "input_layernorm.weight": (896,),
+                p + "post_attention_layernorm.weight": (896,),
+            }
+        )
     v = "model.vision_tower.vision_encoder."
-    shapes.update({
-        v + "patch_embed.proj.weight": (576, 3, 1, 16, 16), v + "patch_embed.proj.bias": (576,),
-        v + "cls_token": (1, 1, 576), v + "pos_embed": (1, 197, 576), v + "temporal_pos_embedding": (1, 8, 576),
-        v + "norm.weight": (576,),
-        v + "clip_decoder.0.head.weight": (512, 576), v + "clip_decoder.0.head.bias": (512,),
-        v + "clip_decoder.0.norm.weight": (512,), v + "clip_decoder.0.norm.bias": (512,),
-    })
+    shapes.update(
+        {
+            v + "patch_embed.proj.weight": (576, 3, 1, 16, 16),
+            v + "patch_embed.proj.bias": (576,),
+            v + "cls_token": (1, 1, 576),
+            v + "pos_embed": (1, 197, 576),
+            v + "temporal_pos_embedding": (1, 8, 576),
+            v + "norm.weight": (576,),
+            v + "clip_decoder.0.head.weight": (512, 576),
+            v + "clip_decoder.0.head.bias": (512,),
+            v + "clip_decoder.0.norm.weight": (512,),
+            v + "clip_decoder.0.norm.bias": (512,),
+        }
+    )
     for i in range(32):
         p = f"{v}layers.{i}."
-        shapes.update({p + "mixer.in_proj.weight": (2304, 576), p + "mixer.out_proj.weight": (576, 1152),
-                       p + "norm.weight": (576,)})
+        shapes.update(
+            {
+                p + "mixer.in_proj.weight": (2304, 576),
+                p + "mixer.out_proj.weight": (576, 1152),
+                p + "norm.weight": (576,),
+            }
+        )
         for s, a in (("", "A_log"), ("_b", "A_b_log")):
-            shapes.update({
-                p + f"mixer.conv1d{s}.weight": (1152, 1, 4), p + f"mixer.conv1d{s}.bias": (1152,),
-                p + f"mixer.x_proj{s}.weight": (68, 1152),
-                p + f"mixer.dt_proj{s}.weight": (1152, 36), p + f"mixer.dt_proj{s}.bias": (1152,),
-                p + f"mixer.{a}": (1152, 16), p + f"mixer.D{s}": (1152,),
-            })
+            shapes.update(
+                {
+                    p + f"mixer.conv1d{s}.weight": (1152, 1, 4),
+                    p + f"mixer.conv1d{s}.bias": (1152,),
+                    p + f"mixer.x_proj{s}.weight": (68, 1152),
+                    p + f"mixer.dt_proj{s}.weight": (1152, 36),
+                    p + f"mixer.dt_proj{s}.bias": (1152,),
+                    p + f"mixer.{a}": (1152, 16),
+                    p + f"mixer.D{s}": (1152,),
+                }
+            )
     for prefix, width in (("model.mm_projector.", 576), ("model.image_mm_projector.", 768)):
-        shapes.update({
-            prefix + "mlp.mlp.0.weight": (896, width), prefix + "mlp.mlp.0.bias": (896,),
-            prefix + "mlp.mlp.2.weight": (896, 896), prefix + "mlp.mlp.2.bias": (896,),
-            prefix + "peg.peg.0.weight": (896, 1, 3, 3), prefix + "peg.peg.0.bias": (896,),
-        })
+        shapes.update(
+            {
+                prefix + "mlp.mlp.0.weight": (896, width),
+                prefix + "mlp.mlp.0.bias": (896,),
+                prefix + "mlp.mlp.2.weight": (896, 896),
+                prefix + "mlp.mlp.2.bias": (896,),
+                prefix + "peg.peg.0.weight": (896, 1, 3, 3),
+                prefix + "peg.peg.0.bias": (896,),
+            }
+        )
     c = "model.image_vision_tower.vision_tower.vision_model."
-    shapes.update({
-        c + "embeddings.class_embedding": (768,), c + "embeddings.patch_embedding.weight": (768, 3, 16, 16),
-        c + "embeddings.position_embedding.weight": (197, 768),
-        c + "pre_layrnorm.weight": (768,), c + "pre_layrnorm.bias": (768,),
-        c + "post_layernorm.weight": (768,), c + "post_layernorm.bias": (768,),
-    })
+    shapes.update(
+        {
+            c + "embeddings.class_embedding": (768,),
+            c + "embeddings.patch_embedding.weight": (768, 3, 16, 16),
+            c + "embeddings.position_embedding.weight": (197, 768),
+            c + "pre_layrnorm.weight": (768,),
+            c + "pre_layrnorm.bias": (768,),
+            c + "post_layernorm.weight": (768,),
+            c + "post_layernorm.bias": (768,),
+        }
+    )
     for i in range(12):
         p = f"{c}encoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes.update({p + f"self_attn.{proj}.weight": (768, 768), p + f"self_attn.{proj}.bias": (768,)})
         for norm in ("layer_norm1", "layer_norm2"):
             shapes.update({p + f"{norm}.weight": (768,), p + f"{norm}.bias": (768,)})
-        shapes.update({p + "mlp.fc1.weight": (3072, 768), p + "mlp.fc1.bias": (3072,),
-                       p + "mlp.fc2.weight": (768, 3072), p + "mlp.fc2.bias": (768,)})
+        shapes.update(
+            {
+                p + "mlp.fc1.weight": (3072, 768),
+                p + "mlp.fc1.bias": (3072,),
+                p + "mlp.fc2.weight": (768, 3072),
+                p + "mlp.fc2.bias": (768,),
+            }
+        )
     return shapes
 
 
@@ -109,8 +154,9 @@ def test_full_size_model_on_meta_has_the_published_layout():
 
 def video_prompt(tokenizer):
     """A ChatML prompt with one placeholder (ids), as the data pipeline builds it."""
-    before = tokenizer("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-                       add_special_tokens=False).input_ids
+    before = tokenizer(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n", add_special_tokens=False
+    ).input_ids
     after = tokenizer("\nDescribe the exercise.<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).input_ids
     return torch.tensor([before + [IMAGE_TOKEN_INDEX] + after])
 
@@ -162,7 +208,9 @@ def test_k_and_topk_as_from_pretrained_kwargs(mvgpt_tiny_checkpoint):
         mvgpt_tiny_checkpoint, num_select_k_frames_in_chunk=4, topk=False
     )
     assert model.config.topk is False and model.config.num_select_k_frames_in_chunk == 4
-    same = MobileVideoGPTQwenForCausalLM.from_pretrained(mvgpt_tiny_checkpoint, num_select_k_frames_in_chunk=None, topk=None)
+    same = MobileVideoGPTQwenForCausalLM.from_pretrained(
+        mvgpt_tiny_checkpoint, num_select_k_frames_in_chunk=None, topk=None
+    )
     assert same.config.topk is True
     with pytest.raises(ValueError, match="8 frames"):
         MobileVideoGPTQwenForCausalLM.from_pretrained(mvgpt_tiny_checkpoint, num_select_k_frames_in_chunk=2)
@@ -184,7 +232,10 @@ def test_fresh_interpreter_loads_through_auto_classes(mvgpt_tiny_checkpoint):
 def test_make_tiny_checkpoint_cli_help():
     result = subprocess.run(
         [sys.executable, str(ROOT / "utils" / "make_tiny_checkpoint.py"), "--help"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
     )
     assert result.returncode == 0 and "--out" in result.stdout and "--seed" in result.stdout
 
@@ -200,12 +251,14 @@ def rewrite_checkpoint(src: Path, dst: Path, edit) -> Path:
 
 
 def test_unknown_extra_or_missing_key_fails_loudly(mvgpt_tiny_checkpoint, tmp_path):
-    extra = rewrite_checkpoint(mvgpt_tiny_checkpoint, tmp_path / "extra",
-                               lambda s: {**s, "model.surprise.weight": torch.zeros(3)})
+    extra = rewrite_checkpoint(
+        mvgpt_tiny_checkpoint, tmp_path / "extra", lambda s: {**s, "model.surprise.weight": torch.zeros(3)}
+    )
     with pytest.raises(CheckpointLoadError, match=r"unexpected 1 key\(s\): model.surprise.weight"):
         MobileVideoGPTQwenForCausalLM.from_pretrained(extra)
-    missing = rewrite_checkpoint(mvgpt_tiny_checkpoint, tmp_path / "missing",
-                                 lambda s: {k: v for k, v in s.items() if k != "model.norm.weight"})
+    missing = rewrite_checkpoint(
+        mvgpt_tiny_checkpoint, tmp_path / "missing", lambda s: {k: v for k, v in s.items() if k != "model.norm.weight"}
+    )
     with pytest.raises(CheckpointLoadError, match=r"missing 1 key\(s\): model.norm.weight"):
         transformers.AutoModelForCausalLM.from_pretrained(missing)
 
@@ -218,14 +271,23 @@ def test_vocab_size_comes_from_the_embedding_tensor(mvgpt_tiny_checkpoint, tmp_p
     (target / "config.json").write_text(json.dumps(config))
     model = MobileVideoGPTQwenForCausalLM.from_pretrained(target)
     assert model.config.vocab_size == 151936 and model.lm_head.weight.shape == (151936, 32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(target)  # config object passed by the Auto class
+    assert model.config.vocab_size == 151936 and model.model.embed_tokens.weight.shape == (151936, 32)
 
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A CLIPModel (text + vision, like openai/clip-vit-base-patch16) with the tiny vision config."""
     torch.manual_seed(3)
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "vocab_size": 99, "max_position_embeddings": 16, "projection_dim": 32}
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 99,
+        "max_position_embeddings": 16,
+        "projection_dim": 32,
+    }
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=dict(TINY_CLIP), projection_dim=32))
     path = tmp_path_factory.mktemp("clip") / "tiny-clip"
     clip.save_pretrained(path)
@@ -236,8 +298,11 @@ def test_clip_weights_absent_from_checkpoint_load_from_env_or_argument(
     mvgpt_tiny_checkpoint, tmp_path, tiny_clip_dir, monkeypatch
 ):
     clip_dir, clip_state = tiny_clip_dir
-    no_clip = rewrite_checkpoint(mvgpt_tiny_checkpoint, tmp_path / "no_clip",
-                                 lambda s: {k: v for k, v in s.items() if not k.startswith("model.image_vision_tower.")})
+    no_clip = rewrite_checkpoint(
+        mvgpt_tiny_checkpoint,
+        tmp_path / "no_clip",
+        lambda s: {k: v for k, v in s.items() if not k.startswith("model.image_vision_tower.")},
+    )
     monkeypatch.setenv(CLIP_PATH_ENV, str(clip_dir))
     model, info = MobileVideoGPTQwenForCausalLM.from_pretrained(no_clip, output_loading_info=True)
     assert info["tower_sources"] == {"clip": str(clip_dir)} and not info["missing_keys"]
@@ -246,17 +311,20 @@ def test_clip_weights_absent_from_checkpoint_load_from_env_or_argument(
     assert all(torch.equal(tower[k], clip_state[k]) for k in clip_state)
     monkeypatch.delenv(CLIP_PATH_ENV)
     model = MobileVideoGPTQwenForCausalLM.from_pretrained(no_clip, clip_path=str(clip_dir))
-    assert torch.equal(model.model.image_vision_tower.vision_tower.vision_model.embeddings.class_embedding,
-                       clip_state["embeddings.class_embedding"])
+    assert torch.equal(
+        model.model.image_vision_tower.vision_tower.vision_model.embeddings.class_embedding,
+        clip_state["embeddings.class_embedding"],
+    )
 
 
 def test_videomamba_weights_absent_from_checkpoint_load_from_upstream_pth(mvgpt_tiny_checkpoint, tmp_path, monkeypatch):
     prefix = "model.vision_tower.vision_encoder."
     full = load_file(mvgpt_tiny_checkpoint / "model.safetensors")
-    no_video = rewrite_checkpoint(mvgpt_tiny_checkpoint, tmp_path / "no_video",
-                                  lambda s: {k: v for k, v in s.items() if not k.startswith(prefix)})
+    no_video = rewrite_checkpoint(
+        mvgpt_tiny_checkpoint, tmp_path / "no_video", lambda s: {k: v for k, v in s.items() if not k.startswith(prefix)}
+    )
     # Upstream layout: {"model": {"vision_encoder.*": ..., text branch ...}}, read with weights_only.
-    upstream = {"vision_encoder." + k[len(prefix):]: v * 2 for k, v in full.items() if k.startswith(prefix)}
+    upstream = {"vision_encoder." + k[len(prefix) :]: v * 2 for k, v in full.items() if k.startswith(prefix)}
     upstream["text_encoder.embeddings.weight"] = torch.zeros(4, 4)
     pth = tmp_path / "videomamba_tiny.pth"
     torch.save({"model": upstream}, pth)
@@ -264,16 +332,22 @@ def test_videomamba_weights_absent_from_checkpoint_load_from_upstream_pth(mvgpt_
     model, info = MobileVideoGPTQwenForCausalLM.from_pretrained(no_video, output_loading_info=True)
     assert info["tower_sources"] == {"videomamba": str(pth)}
     encoder = model.model.vision_tower.vision_encoder.state_dict()
-    assert all(torch.equal(encoder[k[len("vision_encoder."):]], v) for k, v in upstream.items()
-               if k.startswith("vision_encoder."))
+    assert all(
+        torch.equal(encoder[k[len("vision_encoder.") :]], v)
+        for k, v in upstream.items()
+        if k.startswith("vision_encoder.")
+    )
 
 
 def test_unreachable_tower_sources_give_one_message_naming_the_fix(mvgpt_tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.delenv(CLIP_PATH_ENV, raising=False)
     monkeypatch.delenv(VIDEOMAMBA_PATH_ENV, raising=False)
     bare = rewrite_checkpoint(
-        mvgpt_tiny_checkpoint, tmp_path / "bare",
-        lambda s: {k: v for k, v in s.items() if not k.startswith(("model.image_vision_tower.", "model.vision_tower."))},
+        mvgpt_tiny_checkpoint,
+        tmp_path / "bare",
+        lambda s: {
+            k: v for k, v in s.items() if not k.startswith(("model.image_vision_tower.", "model.vision_tower."))
+        },
     )
     with pytest.raises(CheckpointLoadError) as err:
         MobileVideoGPTQwenForCausalLM.from_pretrained(bare, videomamba_path=str(tmp_path / "nowhere.pth"))
@@ -284,9 +358,15 @@ def test_unreachable_tower_sources_give_one_message_naming_the_fix(mvgpt_tiny_ch
 
 def test_package_registers_auto_classes():
     assert mobilevideogpt.MobileVideoGPTQwenForCausalLM is MobileVideoGPTQwenForCausalLM
-    config = transformers.AutoConfig.for_model("MobileVideoGPT_qwen", hidden_size=32, num_attention_heads=4,
-                                               num_key_value_heads=2, intermediate_size=64, num_hidden_layers=1,
-                                               mm_vision_tower=None)
+    config = transformers.AutoConfig.for_model(
+        "MobileVideoGPT_qwen",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        mm_vision_tower=None,
+    )
     assert type(config) is MobileVideoGPTQwenConfig
     text_only = transformers.AutoModelForCausalLM.from_config(config)
     assert type(text_only) is MobileVideoGPTQwenForCausalLM and not hasattr(text_only.model, "vision_tower")

@@ -69,7 +69,7 @@ def test_image_pooling_windows_overlap_as_pytorch_adaptive_pool():
     assert (starts[:3], ends[:3]) == ([0, 1, 2], [2, 3, 4])
     grid = torch.arange(14.0).repeat(14, 1)[None, None]  # value = column index
     pooled = F.adaptive_avg_pool2d(grid, 12)[0, 0, 0]
-    assert pooled.tolist() == [(s + e - 1) / 2 for s, e in zip(starts, ends)]
+    assert pooled.tolist() == [(s + e - 1) / 2 for s, e in zip(starts, ends, strict=True)]
 
 
 def test_etp_rejects_non_square_input_and_unknown_kind():
@@ -93,7 +93,9 @@ def test_per_frame_pooling_is_exact_2x2_mean():
 
 def test_frame_scores_hand_computed_example():
     # 4 frames of one 1-D token each: x = [0, 2, 0, 1], scale 1/√1. Logits x_q·x_k per query row:
-    #   q0, q2: all 0 → 1/4 each;  q1: [0, 4, 0, 2] → [1, e⁴, 1, e²]/(2+e⁴+e²);  q3: [0, 2, 0, 1] → [1, e², 1, e]/(2+e²+e)
+    #   q0, q2: all 0 → 1/4 each
+    #   q1: [0, 4, 0, 2] → [1, e⁴, 1, e²] / (2 + e⁴ + e²)
+    #   q3: [0, 2, 0, 1] → [1, e², 1, e] / (2 + e² + e)
     x = torch.tensor([0.0, 2.0, 0.0, 1.0]).reshape(1, 4, 1, 1)
     e = math.e
     z1, z3 = 2 + e**4 + e**2, 2 + e**2 + e
@@ -111,14 +113,14 @@ def test_frame_scores_hand_computed_example():
 def test_frame_scores_equal_attention_times_membership():
     torch.manual_seed(1)
     feats = torch.randn(5, 8, 6, 16)  # 5 chunks, 8 frames, 6 tokens — more than one scoring step
-    c, t, l, d = feats.shape
-    x = feats.reshape(c, t * l, d)
+    c, t, n, d = feats.shape
+    x = feats.reshape(c, t * n, d)
     attn = torch.softmax(x @ x.transpose(1, 2) / math.sqrt(d), dim=-1)
-    membership = F.one_hot(torch.arange(t).repeat_interleave(l), t).float()  # (T·L, T)
+    membership = F.one_hot(torch.arange(t).repeat_interleave(n), t).float()  # (T·L, T)
     want = (attn @ membership).sum(dim=1)
     got = frame_attention_scores(feats)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got.sum(-1), torch.full((c,), float(t * l)))
+    torch.testing.assert_close(got.sum(-1), torch.full((c,), float(t * n)))
     idx = select_frames(feats, k=4)
     assert idx.shape == (5, 4) and bool((idx[:, 1:] > idx[:, :-1]).all())
     assert set(idx[0].tolist()) == set(want[0].topk(4).indices.tolist())

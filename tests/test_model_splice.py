@@ -74,8 +74,7 @@ def test_splice_layout_labels_mask_positions(side):
     torch.testing.assert_close(out.inputs_embeds[1, 1:5], visual[1])
     torch.testing.assert_close(out.inputs_embeds[0, 5], embed.weight[3])
 
-    short = splice_visual_tokens(ids[:, :3], embed, visual[:1], torch.tensor([[1, 1, 1], [1, 0, 0]]),
-                                 padding_side=side)
+    short = splice_visual_tokens(ids[:, :3], embed, visual[:1], torch.tensor([[1, 1, 1], [1, 0, 0]]), padding_side=side)
     # sample 0: 1 2 [7 7 7] = 5 tokens; sample 1 has its placeholder masked out → text only "4" = 1 token
     assert short.labels is None
     expected_mask = [1] + [0] * 4 if side == "right" else [0] * 4 + [1]
@@ -117,8 +116,12 @@ def test_batched_forward_matches_each_sample_alone(model):
     with torch.no_grad():
         batched = model(input_ids=ids, attention_mask=mask, labels=labels, images=images, context_images=context)
         alone = [
-            model(input_ids=torch.tensor([p]), labels=torch.tensor([labels_for(p)]), images=images[i : i + 1],
-                  context_images=context[i : i + 1])
+            model(
+                input_ids=torch.tensor([p]),
+                labels=torch.tensor([labels_for(p)]),
+                images=images[i : i + 1],
+                context_images=context[i : i + 1],
+            )
             for i, p in enumerate([PROMPT_A, PROMPT_B])
         ]
     lengths = [len(PROMPT_A) - 1 + VISUAL, len(PROMPT_B) - 3 + VISUAL]
@@ -162,12 +165,25 @@ def test_text_only_sample_in_a_video_batch(model):
 def test_batched_greedy_generate_matches_each_sample_alone(model):
     images, context = videos(2, 4)
     ids, mask = right_pad([PROMPT_A, PROMPT_B], 0)  # any padding side in; generate re-pads left
-    batched = model.generate(ids, images=images, context_images=context, attention_mask=mask,
-                             max_new_tokens=6, do_sample=False, pad_token_id=0)
+    batched = model.generate(
+        ids,
+        images=images,
+        context_images=context,
+        attention_mask=mask,
+        max_new_tokens=6,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert batched.shape == (2, 6)  # only the new tokens, as the published model returns
     for i, prompt in enumerate([PROMPT_A, PROMPT_B]):
-        alone = model.generate(torch.tensor([prompt]), images=images[i : i + 1], context_images=context[i : i + 1],
-                               max_new_tokens=6, do_sample=False, pad_token_id=0)
+        alone = model.generate(
+            torch.tensor([prompt]),
+            images=images[i : i + 1],
+            context_images=context[i : i + 1],
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )
         assert alone.tolist()[0] == batched.tolist()[i]
     # KV-cached greedy decoding equals step-by-step argmax over full forwards.
     with torch.no_grad():
@@ -181,8 +197,16 @@ def test_batched_greedy_generate_matches_each_sample_alone(model):
 def test_sampling_and_text_only_generate(model):
     images, context = videos(1, 5)
     torch.manual_seed(0)
-    sampled = model.generate(torch.tensor([PROMPT_A]), images=images, context_images=context,
-                             max_new_tokens=5, do_sample=True, temperature=1.0, top_k=0, pad_token_id=0)
+    sampled = model.generate(
+        torch.tensor([PROMPT_A]),
+        images=images,
+        context_images=context,
+        max_new_tokens=5,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        pad_token_id=0,
+    )
     assert sampled.shape == (1, 5) and bool(((sampled >= 0) & (sampled < VOCAB)).all())
     text = model.generate(torch.tensor([[30, 31, 32]]), max_new_tokens=3, do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -228,6 +252,14 @@ def test_frozen_towers_stay_in_eval_and_projectors_always_get_gradients():
     with torch.no_grad():
         reference = model(input_ids=ids, labels=ids).loss  # the anchor adds exactly zero
     torch.testing.assert_close(out.loss.detach(), reference)
+    # With a video, real gradients reach both projectors through the spliced embeddings.
+    model.zero_grad()
+    model.train()
+    images, context = videos(1, 8)
+    video_ids = torch.tensor([PROMPT_A])
+    model(input_ids=video_ids, labels=video_ids.clamp(min=0), images=images, context_images=context).loss.backward()
+    for projector in model.model.projectors:
+        assert float(projector.mlp.mlp[0].weight.grad.abs().sum()) > 0
     # Unfrozen towers do follow train().
     model.model.vision_tower.requires_grad_(True)
     model.train()
@@ -240,8 +272,15 @@ def test_lora_wrapped_model_forward_and_generate_with_videos(model):
     torch.manual_seed(0)
     base = MobileVideoGPTQwenForCausalLM(model.config)
     base.load_state_dict(model.state_dict())
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM",
-                                           target_modules=r".*model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"))
+    lora = get_peft_model(
+        base,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            task_type="CAUSAL_LM",
+            target_modules=r".*model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        ),
+    )
     images, context = videos(2, 7)
     ids, mask = right_pad([PROMPT_A, PROMPT_B], 0)
     lora.train()
@@ -249,8 +288,25 @@ def test_lora_wrapped_model_forward_and_generate_with_videos(model):
     out.loss.backward()
     assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_" in n)
     lora.eval()
-    new = lora.generate(input_ids=ids, attention_mask=mask, images=images, context_images=context,
-                        max_new_tokens=3, do_sample=False, pad_token_id=0)
+    new = lora.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        images=images,
+        context_images=context,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+    )
     # LoRA B starts at zero, so the wrapped model decodes exactly like the base model.
-    assert torch.equal(new, model.generate(ids, images=images, context_images=context, attention_mask=mask,
-                                           max_new_tokens=3, do_sample=False, pad_token_id=0))
+    assert torch.equal(
+        new,
+        model.generate(
+            ids,
+            images=images,
+            context_images=context,
+            attention_mask=mask,
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+        ),
+    )

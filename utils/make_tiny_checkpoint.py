@@ -19,7 +19,9 @@ from mobilevideogpt.model.tiny import save_tiny_checkpoint
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="output directory (created; existing files are overwritten)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output directory (created; existing files are overwritten)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():

@@ -141,7 +141,11 @@ def check_token_pipeline(config: MobileVideoGPTQwenConfig) -> None:
     video = config.videomamba()
     if video.kernel_size != 1:
         problems.append(f"videomamba_config.kernel_size must be 1 (one token group per frame), got {video.kernel_size}")
-    if config.chunk_size >= 1 and not config.num_frames % config.chunk_size and config.num_chunks * k != video.num_frames:
+    if (
+        config.chunk_size >= 1
+        and not config.num_frames % config.chunk_size
+        and config.num_chunks * k != video.num_frames
+    ):
         problems.append(
             f"num_frames/chunk_size × k = {config.num_chunks} × {k} = {config.num_chunks * k} selected frames, but "
             f"VideoMamba takes clips of exactly {video.num_frames} frames (published: 16/8 × 4 = 8)"

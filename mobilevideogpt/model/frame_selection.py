@@ -20,13 +20,13 @@ def frame_attention_scores(features: torch.Tensor) -> torch.Tensor:
     Each chunk's scores sum to T·L (every query row of the softmax sums to 1).
     Computed in fp32 whatever the feature dtype, so the choice does not depend on fp16/bf16 rounding.
     """
-    c, t, l, d = features.shape
+    c, t, n, d = features.shape  # n = L tokens per frame
     scores = []
     for start in range(0, c, CHUNKS_PER_STEP):
-        x = features[start : start + CHUNKS_PER_STEP].reshape(-1, t * l, d).float()
+        x = features[start : start + CHUNKS_PER_STEP].reshape(-1, t * n, d).float()
         attn = torch.softmax(x @ x.transpose(1, 2) / d**0.5, dim=-1)  # (c', T·L queries, T·L keys)
         received = attn.sum(dim=1)  # (c', T·L): mass each key token receives over all queries
-        scores.append(received.reshape(-1, t, l).sum(dim=-1))
+        scores.append(received.reshape(-1, t, n).sum(dim=-1))
     return torch.cat(scores)
 
 

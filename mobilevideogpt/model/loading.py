@@ -186,7 +186,9 @@ def complete_and_check(
                 f"{VIDEOMAMBA_PATH_ENV}=/file.pth (videomamba_m16_25M_f8_res224.pth from OpenGVLab/VideoMamba)"
             )
     if errors:
-        raise CheckpointLoadError(f"{name_or_path} lacks tower weights that could not be loaded:\n  - " + "\n  - ".join(errors))
+        raise CheckpointLoadError(
+            f"{name_or_path} lacks tower weights that could not be loaded:\n  - " + "\n  - ".join(errors)
+        )
     info["missing_keys"] = missing - set(clip_missing) - set(video_missing)
     return sources
 

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..constants import IMAGE_TOKEN_INDEX
 from .clip import CLIPImageTower
 from .configuration import MobileVideoGPTQwenConfig, check_token_pipeline
+from .loading import load_pretrained
 from .projector import EfficientTokenProjector
 from .splice import PaddingSide, SplicedBatch, splice_visual_tokens
 from .video_tower import VideoMambaTower
@@ -85,7 +86,9 @@ class MobileVideoGPTQwenModel(Qwen2Model):
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(f"`{name}` must be a (videos, frames, 3, H, W) tensor, got {type(value).__name__}")
         device = self.embed_tokens.weight.device
-        input_ids, attention_mask, labels = (t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels))
+        input_ids, attention_mask, labels = (
+            t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels)
+        )
         visual = self.encode_videos(images, context_images) if images is not None else None
         return splice_visual_tokens(input_ids, self.embed_tokens, visual, attention_mask, labels, padding_side)
 
@@ -99,13 +102,15 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         total = self.embed_tokens.weight.new_zeros(())
         for projector in self.projectors:
             side = projector.pool_side
-            zeros = torch.zeros(1, side * side, projector.mlp.mlp[0].in_features, device=total.device, dtype=projector.dtype)
+            zeros = torch.zeros(
+                1, side * side, projector.mlp.mlp[0].in_features, device=total.device, dtype=projector.dtype
+            )
             total = total + projector(zeros).sum().to(total.dtype)
         return total * 0
 
 
 def infer_padding_side(attention_mask: torch.Tensor | None) -> PaddingSide:
-    """"left" when every row ends with a true token and some row starts with padding, else "right"."""
+    """Padding side of a batch: left when every row ends with a true token and some row starts with padding."""
     if attention_mask is None or attention_mask.shape[1] == 0:
         return "right"
     left = bool((attention_mask[:, -1] == 1).all()) and bool((attention_mask[:, 0] == 0).any())
@@ -143,8 +148,6 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
         VideoMamba `.pth`/`.safetensors`; else env `MOBILEVIDEOGPT_VIDEOMAMBA_PATH`, else
         `config.mm_vision_tower`), used only when the checkpoint lacks those weights. See `loading.py`.
         """
-        from .loading import load_pretrained
-
         return load_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
     def forward(
@@ -200,7 +203,9 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
         )
 
     def _has_trainable_projectors(self) -> bool:
-        return self.config.has_vision and any(p.requires_grad for proj in self.model.projectors for p in proj.parameters())
+        return self.config.has_vision and any(
+            p.requires_grad for proj in self.model.projectors for p in proj.parameters()
+        )
 
     @torch.no_grad()
     def generate(

@@ -51,14 +51,16 @@ def true_tokens_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     if attention_mask is None:
         return torch.ones_like(input_ids, dtype=torch.bool)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
     return attention_mask.bool()
 
 
 def count_video_slots(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[int]:
     """Number of placeholder runs (video slots) among each sample's true tokens."""
     keep = true_tokens_mask(input_ids, attention_mask)
-    return [len(placeholder_runs(ids[k])) for ids, k in zip(input_ids, keep)]
+    return [len(placeholder_runs(ids[k])) for ids, k in zip(input_ids, keep, strict=True)]
 
 
 def splice_sample(
@@ -95,7 +97,9 @@ def pad_spliced(
     out = ref.new_zeros(batch, width, ref.shape[-1])
     mask = torch.zeros(batch, width, dtype=torch.long, device=ref.device)
     positions = torch.zeros(batch, width, dtype=torch.long, device=ref.device)
-    out_labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=ref.device) if labels is not None else None
+    out_labels = (
+        torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=ref.device) if labels is not None else None
+    )
     for i, e in enumerate(embeds):
         n = e.shape[0]
         span = slice(width - n, width) if padding_side == "left" else slice(0, n)
@@ -135,7 +139,9 @@ def splice_visual_tokens(
     embeds, labs, used = [], [], 0
     for i, n_slots in enumerate(slots):
         sample_labels = labels[i][keep[i]] if labels is not None else None
-        e, lab = splice_sample(text_embeds[i][keep[i]], input_ids[i][keep[i]], sample_labels, videos[used : used + n_slots])
+        e, lab = splice_sample(
+            text_embeds[i][keep[i]], input_ids[i][keep[i]], sample_labels, videos[used : used + n_slots]
+        )
         used += n_slots
         embeds.append(e)
         labs.append(lab)

@@ -23,7 +23,9 @@ from .projector import EfficientTokenProjector, pool_frame_tokens
 from .video_tower import VideoMambaTower
 
 
-def check_video_inputs(images: torch.Tensor, context_images: torch.Tensor, chunk_size: int, k: int, clip_frames: int) -> None:
+def check_video_inputs(
+    images: torch.Tensor, context_images: torch.Tensor, chunk_size: int, k: int, clip_frames: int
+) -> None:
     """Shape checks with messages that say what the pipeline expects instead of failing in a reshape."""
     for name, t in (("images", images), ("context_images", context_images)):
         if t.ndim != 5 or t.shape[2] != 3:
@@ -58,9 +60,9 @@ def gather_selected_frames(frames: torch.Tensor, indices: torch.Tensor, chunk_si
 
 
 def regroup_per_chunk(frame_tokens: torch.Tensor, num_chunks: int) -> torch.Tensor:
-    """(V, nC·k, l, D) → (V·nC, k·l, D): each chunk's k frames' tokens, frame-major."""
-    v, f, l, d = frame_tokens.shape
-    return frame_tokens.reshape(v * num_chunks, (f // num_chunks) * l, d)
+    """(V, nC·k, n, D) → (V·nC, k·n, D): each chunk's k frames' n tokens, frame-major."""
+    v, f, n, d = frame_tokens.shape
+    return frame_tokens.reshape(v * num_chunks, (f // num_chunks) * n, d)
 
 
 def merge_visual_tokens(context_tokens: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
@@ -99,4 +101,3 @@ def video_visual_tokens(
         context_tokens.reshape(v, t, *context_tokens.shape[1:]),
         video_tokens.reshape(v, num_chunks, *video_tokens.shape[1:]),
     )
-
