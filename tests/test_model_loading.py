@@ -370,3 +370,45 @@ def test_package_registers_auto_classes():
     assert type(config) is MobileVideoGPTQwenConfig
     text_only = transformers.AutoModelForCausalLM.from_config(config)
     assert type(text_only) is MobileVideoGPTQwenForCausalLM and not hasattr(text_only.model, "vision_tower")
+
+
+def test_videomamba_source_resolution(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from mobilevideogpt.model.loading import resolve_videomamba_file
+
+    local = tmp_path / "vm.pth"
+    local.write_bytes(b"")
+    assert resolve_videomamba_file(str(local)) == local
+    with pytest.raises(CheckpointLoadError, match="is a directory"):
+        resolve_videomamba_file(str(tmp_path))
+    with pytest.raises(CheckpointLoadError, match="does not exist"):
+        resolve_videomamba_file(str(tmp_path / "missing.pth"))
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo_id, filename: calls.append((repo_id, filename)) or str(local)
+    )
+    resolve_videomamba_file("OpenGVLab/VideoMamba/videomamba_m16_25M_f8_res224.pth")
+    resolve_videomamba_file("hf://OpenGVLab/VideoMamba")  # bare repo: the published training script's file name
+    assert calls == [("OpenGVLab/VideoMamba", "videomamba_m16_25M_f8_res224.pth")] * 2
+
+
+def test_clip_source_without_vision_weights_is_rejected(mvgpt_tiny_checkpoint, tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mobilevideogpt.model.loading import load_clip_weights
+
+    text_only = tmp_path / "text-only"
+    CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=99,
+            max_position_embeddings=16,
+        )
+    ).save_pretrained(text_only)
+    model = build_tiny_model(seed=0)
+    with pytest.raises(CheckpointLoadError, match="CLIP"):
+        load_clip_weights(model.model.image_vision_tower, str(text_only))

@@ -46,6 +46,7 @@ VIDEOMAMBA_PREFIX = "model.vision_tower.vision_encoder."
 EMBED_KEY = "model.embed_tokens.weight"
 CLIP_PATH_ENV = "MOBILEVIDEOGPT_CLIP_PATH"
 VIDEOMAMBA_PATH_ENV = "MOBILEVIDEOGPT_VIDEOMAMBA_PATH"
+UPSTREAM_VIDEOMAMBA_FILE = "videomamba_m16_25M_f8_res224.pth"
 # Keyword arguments of `from_pretrained` that locate checkpoint files; reused to peek at the weights.
 DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
@@ -183,7 +184,7 @@ def complete_and_check(
             errors.append(
                 f"VideoMamba video tower ({len(video_missing)} tensors under {VIDEOMAMBA_PREFIX}*): {err}. "
                 f"Provide the upstream weights with from_pretrained(..., videomamba_path=FILE) or "
-                f"{VIDEOMAMBA_PATH_ENV}=/file.pth (videomamba_m16_25M_f8_res224.pth from OpenGVLab/VideoMamba)"
+                f"{VIDEOMAMBA_PATH_ENV}=/file.pth ({UPSTREAM_VIDEOMAMBA_FILE} from OpenGVLab/VideoMamba)"
             )
     if errors:
         raise CheckpointLoadError(
@@ -198,11 +199,17 @@ def load_clip_weights(tower: nn.Module, source: str | None) -> None:
     if not source:
         raise CheckpointLoadError("no source configured (config.image_mm_vision_tower is empty)")
     target = tower.vision_tower.vision_model
-    try:
-        with held_back_load_report():  # the text half of openai's CLIP checkpoint is expected to be unused
-            clip = CLIPVisionModel.from_pretrained(source, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise CheckpointLoadError(f"cannot load a CLIP vision model from {source!r} ({first_line(err)})") from err
+    # The text half of openai's CLIP checkpoint is expected to be unused: its load report is held back.
+    with held_back_load_report() as held:
+        try:
+            clip, info = CLIPVisionModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as err:
+            detail = "".join(f"\n{report}" for report in held)
+            raise CheckpointLoadError(
+                f"cannot load a CLIP vision model from {source!r} ({first_line(err)}){detail}"
+            ) from err
+    if info["missing_keys"]:
+        raise CheckpointLoadError(f"{source!r} lacks CLIP vision weights: {preview(sorted(info['missing_keys']))}")
     with gathered(clip.parameters(), modifier_rank=None):
         state = {k: v.detach().clone() for k, v in clip.state_dict().items()}
     with gathered(target.parameters(), modifier_rank=0):
@@ -226,7 +233,7 @@ def load_videomamba_weights(encoder: nn.Module, source: str | None) -> None:
 
 
 def resolve_videomamba_file(source: str) -> Path:
-    """A local file, or `[hf://]owner/repo/path/in/repo.pth` fetched through the hub cache."""
+    """A local file, or `[hf://]owner/repo[/path/in/repo.pth]` fetched through the hub cache."""
     local = Path(source).expanduser()
     if local.is_file():
         return local
@@ -235,6 +242,9 @@ def resolve_videomamba_file(source: str) -> Path:
     if os.path.isabs(source) or source.startswith((".", "~")):
         raise CheckpointLoadError(f"file {source!r} does not exist")
     parts = source.removeprefix("hf://").split("/")
+    if len(parts) == 2:
+        # A bare repo id: the published training script appended this file name to it.
+        parts.append(UPSTREAM_VIDEOMAMBA_FILE)
     if len(parts) < 3:
         raise CheckpointLoadError(f"{source!r} is neither a local file nor an 'owner/repo/file' hub path")
     from huggingface_hub import hf_hub_download
