@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Qwen2.5 tokenizer and the synthetic sample dataset, each built once per session."""
+"""Shared fixtures, each built once per session: the real Qwen2.5 tokenizer, the synthetic sample dataset and
+a tiny Mobile-VideoGPT checkpoint."""
 
 from __future__ import annotations
 
@@ -33,3 +34,12 @@ def sample_dataset_copy(sample_dataset_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "dataset"
     shutil.copytree(sample_dataset_dir, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def mvgpt_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Mobile-VideoGPT checkpoint (published geometry) + the real Qwen2.5 tokenizer, written
+    once per session with `save_tiny_checkpoint(seed=0)` (~6 s). Read-only: copy it before modifying."""
+    from mobilevideogpt.model.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("mvgpt_tiny") / "checkpoint", seed=0)

@@ -1,0 +1,8 @@
+"""Mobile-VideoGPT model: configuration, towers, projectors, token pipeline, loading."""
+
+from .configuration import MobileVideoGPTQwenConfig
+from .modeling import MobileVideoGPTQwenForCausalLM, MobileVideoGPTQwenModel, register_auto_classes
+
+register_auto_classes()
+
+__all__ = ["MobileVideoGPTQwenConfig", "MobileVideoGPTQwenForCausalLM", "MobileVideoGPTQwenModel"]

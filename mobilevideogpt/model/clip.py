@@ -1,0 +1,62 @@
+"""CLIP ViT image tower (`model.image_vision_tower`): patch features of every context frame.
+
+Keys are `model.image_vision_tower.vision_tower.vision_model.*` as in the published layout, which was
+written by transformers 4.x where `CLIPVisionModel` wrapped a `vision_model`. transformers 5 flattened
+`CLIPVisionModel` (its keys start at `embeddings.`), so the tower holds it under an explicit
+`vision_tower.vision_model` path: names in memory, on disk and in the published file are the same, with no
+renaming at load or save time. Built from a config only (no network); the weights come from the
+checkpoint or from `loading.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .frozen import FrozenAwareModule
+
+# Frames per CLIP forward, as in the published tower: bounds activation memory for long batches.
+CLIP_FRAMES_PER_STEP = 128
+
+
+class CLIPVisionHolder(nn.Module):
+    """Gives transformers 5's flat `CLIPVisionModel` the `vision_model.` key prefix of the published file."""
+
+    def __init__(self, vision_config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.vision_model = CLIPVisionModel(vision_config)
+
+
+class CLIPImageTower(FrozenAwareModule):
+    def __init__(self, vision_config: CLIPVisionConfig, select_layer: int = -2, select_feature: str = "patch") -> None:
+        super().__init__()
+        if select_feature != "patch":
+            raise ValueError(
+                f"mm_vision_select_feature={select_feature!r} is not supported: the image projector needs the "
+                "14×14 patch grid without CLS ('patch')"
+            )
+        self.select_layer = select_layer
+        self.vision_tower = CLIPVisionHolder(vision_config)
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.vision_tower.vision_model.config
+
+    @property
+    def num_patches(self) -> int:
+        return (self.config.image_size // self.config.patch_size) ** 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values: (N, 3, H, W) CLIP-normalised frames → (N, L, D) patch features (CLS dropped) of
+        hidden state `select_layer` (−2: output of the second-to-last encoder layer, no post-layernorm)."""
+        features = []
+        for start in range(0, pixel_values.shape[0], CLIP_FRAMES_PER_STEP):
+            batch = pixel_values[start : start + CLIP_FRAMES_PER_STEP].to(self.dtype)
+            hidden = self.vision_tower.vision_model(pixel_values=batch, output_hidden_states=True).hidden_states
+            features.append(hidden[self.select_layer][:, 1:])
+        return torch.cat(features)

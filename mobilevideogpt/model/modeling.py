@@ -1,0 +1,240 @@
+"""Mobile-VideoGPT on transformers' Qwen2: towers, projectors, splice, forward and generate.
+
+State-dict layout as published (fact sheet §2): `model.embed_tokens`, `model.layers.*`, `model.norm`,
+`model.vision_tower.vision_encoder.*` (VideoMamba), `model.image_vision_tower.vision_tower.vision_model.*`
+(CLIP), `model.mm_projector.*` (video ETP), `model.image_mm_projector.*` (image ETP), `lm_head.weight`
+(tied to the embeddings when `tie_word_embeddings`).
+
+Inputs: `input_ids` with one placeholder run per video, `images` (V, T, 3, H, W) VideoMamba frames and
+`context_images` (V, T, 3, H, W) CLIP frames, V = number of runs in batch order (see `splice.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2ForCausalLM, Qwen2Model
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..constants import IMAGE_TOKEN_INDEX
+from .clip import CLIPImageTower
+from .configuration import MobileVideoGPTQwenConfig, check_token_pipeline
+from .loading import load_pretrained
+from .projector import EfficientTokenProjector
+from .splice import PaddingSide, SplicedBatch, splice_visual_tokens
+from .video_tower import VideoMambaTower
+from .visual_tokens import video_visual_tokens
+
+
+class MobileVideoGPTQwenModel(Qwen2Model):
+    config_class = MobileVideoGPTQwenConfig
+
+    def __init__(self, config: MobileVideoGPTQwenConfig) -> None:
+        super().__init__(config)
+        if not config.has_vision:
+            return
+        check_token_pipeline(config)
+        video_config, clip_config = config.videomamba(), config.clip_vision()
+        self.vision_tower = VideoMambaTower(video_config)
+        self.image_vision_tower = CLIPImageTower(
+            clip_config, config.mm_vision_select_layer, config.mm_vision_select_feature
+        )
+        self.mm_projector = EfficientTokenProjector(video_config.embed_dim, config.hidden_size, "video")
+        self.image_mm_projector = EfficientTokenProjector(clip_config.hidden_size, config.hidden_size, "image")
+        # VideoMamba initialises itself (Mamba's dt/A/D schemes); transformers' generic init must not
+        # overwrite that. Loading never leaves its weights random: they come from the checkpoint or upstream.
+        for module in self.vision_tower.modules():
+            module._is_hf_initialized = True
+        # Qwen2Model.__init__ ran post_init before the multimodal modules existed; initialise those now.
+        self.post_init()
+
+    @property
+    def projectors(self) -> tuple[EfficientTokenProjector, EfficientTokenProjector]:
+        return self.mm_projector, self.image_mm_projector
+
+    def encode_videos(self, images: torch.Tensor, context_images: torch.Tensor) -> torch.Tensor:
+        """images, context_images: (V, T, 3, H, W) → (V, visual_tokens_per_video, hidden) in the LLM dtype."""
+        if not self.config.has_vision:
+            raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
+        device = self.embed_tokens.weight.device
+        tokens = video_visual_tokens(
+            images.to(device),
+            context_images.to(device),
+            clip_tower=self.image_vision_tower,
+            video_tower=self.vision_tower,
+            image_projector=self.image_mm_projector,
+            video_projector=self.mm_projector,
+            chunk_size=self.config.chunk_size,
+            k=self.config.num_select_k_frames_in_chunk,
+            largest=self.config.topk,
+        )
+        return tokens.to(self.embed_tokens.weight.dtype)
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        context_images: torch.Tensor | None = None,
+        padding_side: PaddingSide = "right",
+    ) -> SplicedBatch:
+        """Embed `input_ids` (B, L) and splice each video's visual tokens into its placeholder run."""
+        if (images is None) != (context_images is None):
+            raise ValueError("Pass both `images` (VideoMamba frames) and `context_images` (CLIP frames), or neither")
+        for name, value in (("images", images), ("context_images", context_images)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` must be a (videos, frames, 3, H, W) tensor, got {type(value).__name__}")
+        device = self.embed_tokens.weight.device
+        input_ids, attention_mask, labels = (
+            t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels)
+        )
+        visual = self.encode_videos(images, context_images) if images is not None else None
+        return splice_visual_tokens(input_ids, self.embed_tokens, visual, attention_mask, labels, padding_side)
+
+    def unused_projector_anchor(self) -> torch.Tensor:
+        """A zero scalar that depends on every projector parameter.
+
+        Added to the embeddings of a training batch without videos so that trainable projector parameters
+        still take part in backward: DDP (without find_unused_parameters) and ZeRO expect every trainable
+        parameter to get a gradient each step. Runs each projector on one tiny zero grid (cheap).
+        """
+        total = self.embed_tokens.weight.new_zeros(())
+        for projector in self.projectors:
+            side = projector.pool_side
+            zeros = torch.zeros(
+                1, side * side, projector.mlp.mlp[0].in_features, device=total.device, dtype=projector.dtype
+            )
+            total = total + projector(zeros).sum().to(total.dtype)
+        return total * 0
+
+
+def infer_padding_side(attention_mask: torch.Tensor | None) -> PaddingSide:
+    """Padding side of a batch: left when every row ends with a true token and some row starts with padding."""
+    if attention_mask is None or attention_mask.shape[1] == 0:
+        return "right"
+    left = bool((attention_mask[:, -1] == 1).all()) and bool((attention_mask[:, 0] == 0).any())
+    return "left" if left else "right"
+
+
+class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
+    config_class = MobileVideoGPTQwenConfig
+
+    def __init__(
+        self,
+        config: MobileVideoGPTQwenConfig,
+        num_select_k_frames_in_chunk: int | None = None,
+        topk: bool | None = None,
+    ) -> None:
+        # The published loader passes k / topk as model kwargs; they live on the config here.
+        if num_select_k_frames_in_chunk is not None:
+            config.num_select_k_frames_in_chunk = num_select_k_frames_in_chunk
+        if topk is not None:
+            config.topk = topk
+        check_token_pipeline(config)
+        # Skip Qwen2ForCausalLM.__init__: it would build (and throw away) a plain Qwen2Model.
+        super(Qwen2ForCausalLM, self).__init__(config)
+        self.model = MobileVideoGPTQwenModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' `from_pretrained` plus tower weights from their own sources and a strict key report.
+
+        Extra keyword arguments: `clip_path` (hub id or local dir of a CLIP model; else env
+        `MOBILEVIDEOGPT_CLIP_PATH`, else `config.image_mm_vision_tower`) and `videomamba_path` (upstream
+        VideoMamba `.pth`/`.safetensors`; else env `MOBILEVIDEOGPT_VIDEOMAMBA_PATH`, else
+        `config.mm_vision_tower`), used only when the checkpoint lacks those weights. See `loading.py`.
+        """
+        return load_pretrained(super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        images: torch.Tensor | None = None,
+        context_images: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Causal-LM forward on spliced sequences.
+
+        input_ids, attention_mask, labels: (B, L), placeholder runs marking the videos; images /
+        context_images: (V, T, 3, H, W). The spliced batch keeps the input's padding side (right for the
+        training collator, left for left-padded prompts); `logits` and the loss are over the spliced
+        sequence of length L + Σ(visual tokens − placeholders). Without placeholders and videos this is
+        the plain Qwen2 forward.
+        """
+        has_slots = input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any())
+        if inputs_embeds is None and (has_slots or images is not None):
+            if cache is not None and cache.get_seq_length() > 0:
+                raise ValueError("Videos can only be spliced into the first forward pass (the cache is not empty)")
+            spliced = self.model.prepare_multimodal_inputs(
+                input_ids, attention_mask, labels, images, context_images, infer_padding_side(attention_mask)
+            )
+            input_ids, inputs_embeds = None, spliced.inputs_embeds
+            attention_mask, position_ids, labels = spliced.attention_mask, spliced.position_ids, spliced.labels
+        elif images is not None or context_images is not None:
+            raise ValueError("Pass videos with `input_ids` holding their placeholders, not with `inputs_embeds`")
+        if self.training and torch.is_grad_enabled() and self._has_trainable_projectors():
+            if inputs_embeds is None:
+                inputs_embeds, input_ids = self.model.embed_tokens(input_ids), None
+            # Batches with videos already use the projectors; this only matters for video-free batches.
+            if images is None:
+                inputs_embeds = inputs_embeds + self.model.unused_projector_anchor()
+        if cache is not None:
+            kwargs["cache"] = cache
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def _has_trainable_projectors(self) -> bool:
+        return self.config.has_vision and any(
+            p.requires_grad for proj in self.model.projectors for p in proj.parameters()
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        images: torch.Tensor | None = None,
+        context_images: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generate from prompts with videos; greedy or sampling, KV cache, any batch size.
+
+        input_ids: (B, L) prompts (any padding side; `attention_mask` marks true tokens) with one placeholder
+        run per video; images / context_images: (V, T, 3, H, W). The prompts are spliced once, left-padded,
+        and passed to transformers' `generate` as embeddings. Like the published model, the returned ids
+        (B, new) hold **only the new tokens**, not the prompt. `generate_kwargs` go to transformers'
+        `generate` (max_new_tokens, do_sample, temperature, ...).
+        """
+        if input_ids is None:
+            return super().generate(attention_mask=attention_mask, **generate_kwargs)
+        spliced = self.model.prepare_multimodal_inputs(
+            input_ids, attention_mask, None, images, context_images, padding_side="left"
+        )
+        return super().generate(
+            inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **generate_kwargs
+        )
+
+
+def register_auto_classes() -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM` resolve "MobileVideoGPT_qwen" (no remote code needed)."""
+    AutoConfig.register(MobileVideoGPTQwenConfig.model_type, MobileVideoGPTQwenConfig, exist_ok=True)
+    AutoModelForCausalLM.register(MobileVideoGPTQwenConfig, MobileVideoGPTQwenForCausalLM, exist_ok=True)
