@@ -159,7 +159,7 @@ exec "${LAUNCH[@]}" mobilevideogpt/train/train.py \
   --model_max_length "$MAXLEN" \
   --save_strategy steps --save_steps "$SAVE_STEPS" \
   --logging_steps 1 \
-  --weight_decay 0.0 --warmup_ratio 0.03 --lr_scheduler_type cosine \
+  --weight_decay 0.0 --warmup_steps 0.03 --lr_scheduler_type cosine \
   --gradient_checkpointing True \
   --dataloader_num_workers 2 \
   --report_to "$REPORT_TO" \

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import CLIPVisionModel, PretrainedConfig
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import cached_file
 
+from .zero import gathered
 from .videomamba_weights import WeightLoadError, load_upstream_videomamba
 
 logger = logging.getLogger(__name__)
@@ -268,18 +268,6 @@ def check_same_layout(expected: dict[str, torch.Tensor], state: dict[str, torch.
             f"{what} does not match the configured tower (clip_vision_config): "
             f"missing {preview(missing)}; unexpected {preview(unexpected)}; shape mismatches {preview(shapes)}"
         )
-
-
-@contextlib.contextmanager
-def gathered(params: Iterator[nn.Parameter], modifier_rank: int | None) -> Iterator[None]:
-    """Full parameters inside the block under DeepSpeed ZeRO-3 (written back from `modifier_rank`)."""
-    if is_deepspeed_zero3_enabled():
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank):
-            yield
-    else:
-        yield
 
 
 def preview(keys: list[str], n: int = 8) -> str:

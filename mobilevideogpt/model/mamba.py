@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .scan import causal_conv1d, selective_scan
+from .zero import gathered
 
 
 class Mamba(nn.Module):
@@ -55,10 +56,11 @@ class Mamba(nn.Module):
 
     def _init_dt_proj(self, dt_proj: nn.Linear, dt_min: float, dt_max: float, floor: float) -> None:
         """dt = softplus(bias) starts log-uniform in [dt_min, dt_max], as in Mamba."""
-        nn.init.uniform_(dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
         dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=floor)
-        with torch.no_grad():
+        # Under ZeRO-3 construction (zero.Init) the Linear is already partitioned here.
+        with gathered(dt_proj.parameters()), torch.no_grad():
+            nn.init.uniform_(dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         dt_proj.bias._no_reinit = True
 

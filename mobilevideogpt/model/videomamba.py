@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .mamba import Mamba
+from .zero import gathered
 
 
 @dataclass
@@ -149,6 +150,10 @@ class VideoMamba(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        with gathered(self.parameters()):
+            self._init_weights_full()
+
+    def _init_weights_full(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     transformers.utils.logging.set_verbosity_warning()
+    # DeepSpeed 0.19 still calls collectives that torch 2.13 deprecates; one warning per call floods the log.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+ is deprecated", category=FutureWarning)
     run(model_args, data_args, training_args)
 
 
