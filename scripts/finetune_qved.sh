@@ -7,13 +7,14 @@ cd "$(dirname "$0")/.."
 
 usage() {
   cat <<USAGE
-Usage: bash scripts/finetune_qved.sh [--demo] [--resume] [--help] [-- EXTRA_TRAINER_ARGS...]
+Usage: bash scripts/finetune_qved.sh [--demo] [--resume] [--dry-run] [--help] [-- EXTRA_TRAINER_ARGS...]
 
 Finetunes Mobile-VideoGPT-0.5B on QVED with LoRA (LLM) + full projector training, DeepSpeed ZeRO-3.
 
   --demo     Offline CPU run of the whole pipeline in a few minutes: builds a tiny random checkpoint and
              the synthetic sample dataset under results/demo/, trains a few steps, saves checkpoints.
   --resume   Continue from the latest complete checkpoint-N in OUTPUT_DIR.
+  --dry-run  Print the configuration and the launch command, then exit.
   --help     This text.
   -- ARGS    Passed to the trainer as is (any transformers TrainingArguments flag, e.g. -- --max_steps 20).
 
@@ -43,11 +44,13 @@ USAGE
 
 DEMO=0
 RESUME=0
+DRY_RUN=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --demo) DEMO=1 ;;
     --resume) RESUME=1 ;;
+    --dry-run) DRY_RUN=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "error: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -56,6 +59,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 PYTHON=${PYTHON:-python}
+if ! "$PYTHON" -c "import torch, deepspeed, mobilevideogpt" 2>/dev/null; then
+  echo "error: '$PYTHON' cannot import torch, deepspeed and mobilevideogpt: activate the environment" \
+       "(conda activate mobile_videogpt) or install the project (pip install -e .), or set PYTHON=..." >&2
+  exit 1
+fi
 if [[ $DEMO == 1 ]]; then
   DEMO_DIR=results/demo
   MODEL=${MODEL:-$DEMO_DIR/tiny-mobilevideogpt}
@@ -143,9 +151,7 @@ cat <<CONFIG
   DeepSpeed         $DS_CONFIG, $WHERE, $PRECISION
 CONFIG
 
-mkdir -p "$OUTPUT_DIR"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${LAUNCH[@]}" mobilevideogpt/train/train.py \
+CMD=("${LAUNCH[@]}" mobilevideogpt/train/train.py \
   --deepspeed "$DS_CONFIG" \
   --model_name_or_path "$MODEL" \
   --dataset_use "$DATASET" \
@@ -163,4 +169,12 @@ exec "${LAUNCH[@]}" mobilevideogpt/train/train.py \
   --gradient_checkpointing True \
   --dataloader_num_workers 2 \
   --report_to "$REPORT_TO" \
-  "${EVAL_ARGS[@]}" "${RESUME_ARGS[@]}" "${DEVICE_ARGS[@]}" "${PRECISION_ARGS[@]}" "${EXTRA[@]}"
+  "${EVAL_ARGS[@]}" "${RESUME_ARGS[@]}" "${DEVICE_ARGS[@]}" "${PRECISION_ARGS[@]}" "${EXTRA[@]}")
+
+if [[ $DRY_RUN == 1 ]]; then
+  printf '%q ' "${CMD[@]}"; echo
+  exit 0
+fi
+mkdir -p "$OUTPUT_DIR"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec "${CMD[@]}"

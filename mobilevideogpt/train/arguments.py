@@ -15,10 +15,14 @@ class ModelArguments:
         default="Amshaker/Mobile-VideoGPT-0.5B",
         metadata={"help": "Base checkpoint: hub id or local directory."},
     )
-    num_select_k_frames_in_chunk: int = field(
-        default=NUM_SELECT_K_FRAMES_IN_CHUNK, metadata={"help": "Frames kept per chunk by the frame scorer."}
+    num_select_k_frames_in_chunk: int | None = field(
+        default=None,
+        metadata={"help": f"Frames kept per chunk by the frame scorer (default: the checkpoint's, "
+                  f"{NUM_SELECT_K_FRAMES_IN_CHUNK} as published)."},
     )
-    topk: bool = field(default=True, metadata={"help": "Keep the highest-scoring frames (False: the lowest)."})
+    topk: bool | None = field(
+        default=None, metadata={"help": "Keep the highest-scoring frames; False keeps the lowest (default: checkpoint's)."}
+    )
 
 
 @dataclass
@@ -28,7 +32,9 @@ class DataArguments:
         metadata={"help": "Registry names (comma-separated, e.g. QVED_TRAIN) or paths to annotation .json files."},
     )
     dataset_val: str | None = field(default=None, metadata={"help": "Evaluation set, same syntax as dataset_use."})
-    num_frames: int = field(default=NUM_FRAMES, metadata={"help": "Frames sampled per video."})
+    num_frames: int | None = field(
+        default=None, metadata={"help": f"Frames sampled per video (default: the model's, {NUM_FRAMES} as published)."}
+    )
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message of the template."})
 
 

@@ -29,11 +29,14 @@ def training_dtype(training_args: TrainingArguments) -> torch.dtype:
 
 
 def load_model_for_training(model_args: ModelArguments, training_args: TrainingArguments) -> torch.nn.Module:
+    # Only explicit overrides: through the Auto classes a None would overwrite the checkpoint's config value.
+    overrides = {
+        name: value
+        for name, value in (("num_select_k_frames_in_chunk", model_args.num_select_k_frames_in_chunk), ("topk", model_args.topk))
+        if value is not None
+    }
     model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        dtype=training_dtype(training_args),
-        num_select_k_frames_in_chunk=model_args.num_select_k_frames_in_chunk,
-        topk=model_args.topk,
+        model_args.model_name_or_path, dtype=training_dtype(training_args), **overrides
     )
     model.config.use_cache = False
     model.requires_grad_(False)

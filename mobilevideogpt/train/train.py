@@ -32,7 +32,9 @@ from mobilevideogpt.train.trainer import MobileVideoGPTTrainer
 logger = logging.getLogger("mobilevideogpt.train")
 
 
-def build_datasets(data_args: DataArguments, training_args: TrainingArguments, tokenizer, visual_tokens: int):
+def build_datasets(data_args: DataArguments, training_args: TrainingArguments, tokenizer, config):
+    """Train/eval datasets and the collator, with the frame geometry the model was built for."""
+    visual_tokens = config.visual_tokens_per_video
     # MAXLEN is a text budget, as in the published recipe: each video's visual tokens come on top.
     max_length = training_args.model_max_length + visual_tokens
 
@@ -42,7 +44,8 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, t
             tokenizer,
             model_max_length=max_length,
             num_visual_tokens=visual_tokens,
-            num_frames=data_args.num_frames,
+            num_frames=data_args.num_frames or config.num_frames,
+            image_size=config.clip_vision().image_size,
             system_prompt=data_args.system_prompt,
             seed=training_args.seed,
         )
@@ -68,15 +71,19 @@ def main(argv: list[str] | None = None) -> None:
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> MobileVideoGPTTrainer:
     """Train, save `checkpoint-final/` and the loss curve; returns the trainer (its model is the trained one)."""
     transformers.set_seed(training_args.seed)
+    if training_args.deepspeed and training_args.use_cpu:
+        # On CPU, accelerate starts gloo but not DeepSpeed's communication layer, which would then size ZeRO for
+        # a single rank; joining it here makes several CPU ranks partition and agree on batch sizes.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
     # TrainingArguments exist before the model: with a ZeRO-3 config, transformers then builds it partitioned.
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     model = load_model_for_training(model_args, training_args)
     if training_args.should_log:
         logger.info("trainable parameters:\n%s", trainable_summary(model))
 
-    train_set, val_set, collator = build_datasets(
-        data_args, training_args, tokenizer, model.config.visual_tokens_per_video
-    )
+    train_set, val_set, collator = build_datasets(data_args, training_args, tokenizer, model.config)
     trainer = MobileVideoGPTTrainer(
         model=model,
         args=training_args,

@@ -1,0 +1,227 @@
+"""Stage-3 finetuning: ZeRO-3 on two CPU ranks, resume equivalence, what trains, checkpoint layout, the script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilevideogpt.train.checkpoints import COMPLETE_MARKER, NON_LORA_WEIGHTS, latest_complete_checkpoint, mark_complete
+from mobilevideogpt.train.plots import plot_loss_curve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fast_checkpoint(tmp_path_factory) -> Path:
+    """Tiny model with the cheap geometry (112 px, 4 frames): training steps take well under a second."""
+    from mobilevideogpt.model.tiny import fast_geometry, save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("fast") / "base", seed=0, **fast_geometry())
+
+
+@pytest.fixture(scope="module")
+def repeated_batch(sample_dataset_dir: Path, tmp_path_factory) -> Path:
+    """The same QVED sample eight times, so every batch is identical and the loss must fall."""
+    records = json.loads((sample_dataset_dir / "qved_train.json").read_text())
+    record = next(r for r in records if "squats" in r["video"])
+    root = tmp_path_factory.mktemp("repeated")
+    shutil.copytree(sample_dataset_dir, root / "dataset")
+    annotation = root / "dataset" / "repeated.json"
+    annotation.write_text(json.dumps([record] * 8))
+    return annotation
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(ranks: int, checkpoint: Path, annotation: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(free_port()),
+        "mobilevideogpt/train/train.py",
+        "--deepspeed", "scripts/zero3.json",
+        "--model_name_or_path", str(checkpoint),
+        "--dataset_use", str(annotation),
+        "--output_dir", str(out),
+        "--use_cpu", "True",
+        "--per_device_train_batch_size", "1",
+        "--learning_rate", "1e-2", "--mm_projector_lr", "1e-2",
+        "--lora_r", "8", "--lora_alpha", "16",
+        "--lr_scheduler_type", "constant",
+        "--logging_steps", "1",
+        "--model_max_length", "128",
+        "--gradient_checkpointing", "True",
+        "--dataloader_num_workers", "0",
+        "--report_to", "none",
+        "--seed", "7",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(run_dir: Path) -> list[float]:
+    state = json.loads((run_dir / "checkpoint-final" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_zero3_two_cpu_ranks_train_lora_and_projectors_only(fast_checkpoint, repeated_batch, tmp_path):
+    out = tmp_path / "run"
+    result = train(2, fast_checkpoint, repeated_batch, out, "--max_steps", "6", "--save_steps", "3")
+    assert "world_size=2" in result.stdout + result.stderr or "dist_world_size=2" in result.stdout + result.stderr
+
+    loss = losses(out)
+    assert len(loss) == 6
+    assert sum(loss[-2:]) / 2 < sum(loss[:2]) / 2 - 0.05, loss
+
+    for name in ("checkpoint-3", "checkpoint-6", "checkpoint-final"):
+        ckpt = out / name
+        assert (ckpt / COMPLETE_MARKER).is_file()
+        for f in ("adapter_model.safetensors", "adapter_config.json", NON_LORA_WEIGHTS, "config.json", "tokenizer.json"):
+            assert (ckpt / f).is_file(), f"{name}/{f}"
+    assert (out / "checkpoint-3" / "global_step3").is_dir()
+    assert latest_complete_checkpoint(out) == out / "checkpoint-6"
+
+    adapter = load_file(out / "checkpoint-final" / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero: it must have trained"
+    assert all(".layers." in k for k in adapter), "LoRA only on the LLM's decoder layers"
+    assert not any(part in k for k in adapter for part in ("vision_tower", "mm_projector", "lm_head"))
+
+    base = load_file(fast_checkpoint / "model.safetensors")
+    projectors = load_file(out / "checkpoint-final" / NON_LORA_WEIGHTS)
+    assert {k.split(".")[1] for k in projectors} == {"mm_projector", "image_mm_projector"}
+    assert set(projectors) == {k for k in base if "mm_projector" in k}
+    changed = [k for k in projectors if not torch.equal(projectors[k].float(), base[k].float())]
+    assert len(changed) == len(projectors), f"unchanged projector tensors: {set(projectors) - set(changed)}"
+
+    summary = json.loads((out / "hyperparameters.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 2
+    assert (out / "loss_curve.png").stat().st_size > 1000
+
+
+def test_resume_matches_an_uninterrupted_run(fast_checkpoint, repeated_batch, tmp_path):
+    args = ("--max_steps", "4", "--save_steps", "2")
+    whole = tmp_path / "whole"
+    train(1, fast_checkpoint, repeated_batch, whole, *args)
+    # A run that stopped after step 2: its output dir holds checkpoint-2 and an interrupted, unmarked save.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    shutil.copytree(whole / "checkpoint-4", resumed / "checkpoint-4")
+    (resumed / "checkpoint-4" / COMPLETE_MARKER).unlink()
+    assert latest_complete_checkpoint(resumed) == resumed / "checkpoint-2"
+    shutil.rmtree(resumed / "checkpoint-4")
+    train(1, fast_checkpoint, repeated_batch, resumed, *args, "--resume", "True")
+
+    for f in ("adapter_model.safetensors", NON_LORA_WEIGHTS):
+        a = load_file(whole / "checkpoint-4" / f)
+        b = load_file(resumed / "checkpoint-4" / f)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert losses(resumed)[-2:] == pytest.approx(losses(whole)[-2:], rel=1e-5)
+
+
+def test_incomplete_checkpoints_are_never_latest(tmp_path):
+    for step in (2, 10, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    mark_complete(tmp_path / "checkpoint-2", 2)
+    mark_complete(tmp_path / "checkpoint-4", 4)
+    (tmp_path / "checkpoint-final").mkdir()
+    mark_complete(tmp_path / "checkpoint-final", 12)
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert latest_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_optimizer_puts_projectors_in_their_own_learning_rate_group(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from mobilevideogpt.model.tiny import build_tiny_model, fast_geometry
+    from mobilevideogpt.train.arguments import TrainingArguments
+    from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
+    from mobilevideogpt.train.trainer import MobileVideoGPTTrainer
+
+    model = build_tiny_model(**fast_geometry())
+    model.requires_grad_(False)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=LLM_LORA_TARGETS, task_type="CAUSAL_LM"))
+    for projector in model.get_base_model().model.projectors:
+        projector.requires_grad_(True)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=1e-4, mm_projector_lr=2e-5,
+                             weight_decay=0.1, report_to=[])
+    optimizer = MobileVideoGPTTrainer(model=model, args=args).create_optimizer()
+    by_lr: dict[float, int] = {}
+    for group in optimizer.param_groups:
+        by_lr[group["lr"]] = by_lr.get(group["lr"], 0) + sum(p.numel() for p in group["params"])
+    projector_params = sum(p.numel() for n, p in model.named_parameters() if "mm_projector" in n)
+    lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert by_lr == {1e-4: lora_params, 2e-5: projector_params}
+    # Biases of the projectors carry no weight decay.
+    decays = {(g["lr"], g["weight_decay"]) for g in optimizer.param_groups}
+    assert (2e-5, 0.0) in decays and (2e-5, 0.1) in decays
+
+
+def test_lora_targets_only_llm_linear_layers():
+    import re
+
+    from mobilevideogpt.model.tiny import build_tiny_model
+    from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
+
+    model = build_tiny_model()
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    targeted = {n for n in linear if re.fullmatch(LLM_LORA_TARGETS, n)}
+    per_layer = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert targeted == {n for n in linear if n.startswith("model.layers.") and n.split(".")[-1] in per_layer}
+    assert len(targeted) == 7 * model.config.num_hidden_layers
+
+
+def test_loss_curve_png(tmp_path):
+    history = [{"step": i, "loss": 3.0 / i} for i in range(1, 6)] + [{"step": 5, "eval_loss": 0.9}]
+    path = plot_loss_curve(history, tmp_path / "loss.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_loss_curve([{"step": 1, "learning_rate": 0.1}], tmp_path / "none.png") is None
+
+
+def run_script(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", "scripts/finetune_qved.sh", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_script_defaults_are_the_guides_table():
+    result = run_script("--dry-run")
+    assert result.returncode == 0, result.stderr
+    cmd = result.stdout.strip().splitlines()[-1]
+    for flag in (
+        "--model_name_or_path Amshaker/Mobile-VideoGPT-0.5B", "--num_train_epochs 10", "--learning_rate 1e-4",
+        "--mm_projector_lr 2e-5", "--lora_r 64", "--lora_alpha 128", "--per_device_train_batch_size 4",
+        "--gradient_accumulation_steps 4", "--model_max_length 2048", "--deepspeed scripts/zero3.json",
+        "--save_steps 50", "--output_dir results/qved_finetune_mobilevideogpt_0.5B", "--dataset_use QVED_TRAIN",
+    ):
+        assert flag in cmd, flag
+    assert json.loads((REPO / "scripts" / "zero3.json").read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_script_overrides_and_help():
+    result = run_script("--dry-run", "--", "--max_steps", "3", BATCH="1", GACC="16", MAXLEN="1024", EPOCHS="2")
+    cmd = result.stdout.strip().splitlines()[-1]
+    for flag in ("--per_device_train_batch_size 1", "--gradient_accumulation_steps 16", "--model_max_length 1024",
+                 "--num_train_epochs 2", "--max_steps 3"):
+        assert flag in cmd, flag
+    help_text = run_script("--help").stdout
+    for name in ("BATCH", "GACC", "MAXLEN", "--demo", "--resume", "HOSTFILE"):
+        assert name in help_text
+    bad = run_script("--bogus")
+    assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
