@@ -65,7 +65,7 @@ if ! "$PYTHON" -c "import torch, deepspeed, mobilevideogpt" 2>/dev/null; then
   exit 1
 fi
 if [[ $DEMO == 1 ]]; then
-  DEMO_DIR=results/demo
+  DEMO_DIR=${DEMO_DIR:-results/demo}
   MODEL=${MODEL:-$DEMO_DIR/tiny-mobilevideogpt}
   [[ -f $MODEL/config.json ]] || "$PYTHON" utils/make_tiny_checkpoint.py --out "$MODEL"
   if [[ ! -f $DEMO_DIR/dataset/qved_train.json ]]; then
