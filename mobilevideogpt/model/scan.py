@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 BACKEND_ENV = "MOBILEVIDEOGPT_SCAN_BACKEND"
 BACKENDS = ("auto", "torch", "cpp")
 
-# Time steps per block of the pure-PyTorch scan. On CPU a block's (steps, D, N) buffers must stay in cache
-# (64 x 1152 x 16 fp32 = 4.7 MB, measured fastest among 16..256 at VideoMamba-M size); on GPU memory is not the
-# limit, so bigger blocks mean fewer small kernel launches outside the step loop.
-_BLOCK_CPU = 64
+# Time steps per block of the pure-PyTorch scan. On CPU a block's (steps, D, N) buffers should stay in cache
+# (32 x 1152 x 16 fp32 = 2.4 MB; 32 measured fastest among 8..128 at VideoMamba-M size, forward and backward);
+# on GPU memory is not the limit, so bigger blocks mean fewer small kernel launches outside the step loop.
+_BLOCK_CPU = 32
 _BLOCK_GPU = 512
 
 ScanResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
@@ -107,7 +107,7 @@ def _prepare_delta(delta, delta_bias, delta_softplus: bool, dtype: torch.dtype) 
 def _finish(y, u, D, z, dtype_out: torch.dtype) -> torch.Tensor:
     """out = (y + D * u) * silu(z), computed in y's dtype, returned in dtype_out."""
     if D is not None:
-        y = y + u * D.to(y.dtype)[:, None]
+        y = torch.addcmul(y, u, D.to(y.dtype)[:, None])
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     return y.to(dtype_out)
@@ -144,9 +144,10 @@ def selective_scan_ref(
     drive = (delta_ * u_).unsqueeze(-1) * B_.transpose(2, 3)  # (batch, D, L, N)
     h = u_.new_zeros(batch, dim, dstate)
     ys = []
-    for t in range(seqlen):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append((h * C_[:, :, :, t]).sum(-1))
+    # unbind: per-step views whose backward is one stack, not one full-size zero gradient per indexed step.
+    for decay_t, drive_t, C_t in zip(decay.unbind(2), drive.unbind(2), C_.unbind(3)):
+        h = decay_t * h + drive_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u_.new_zeros(batch, dim, 0)
     out = _finish(y, u_, D, z, u.dtype)
     return (out, h) if return_last_state else out
@@ -155,11 +156,13 @@ def selective_scan_ref(
 class _BlockedScan(torch.autograd.Function):
     """Core recurrence y_t = C_t . h_t, h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t, in time blocks.
 
-    Inside a block of l steps the work is laid out as (l, batch, G, N, D/G): the decays exp(delta A) and drives
-    delta u B of the whole block come from two vectorised ops, the recurrence is one in-place fused multiply-add
-    per step over a contiguous (batch, G, N, D/G) slab, and the readout is one batched matmul. The block buffers
-    are reused, so nothing (L, D, N)-sized is allocated. Backward recomputes each block's states from the state
-    saved at its start and runs the adjoint recurrence g_{t-1} += exp(delta_t A) g_t in reverse.
+    Everything runs time-major: (L, b, G, K) tensors made by one 2-D transpose each (much faster than
+    per-block strided copies). Inside a block of l steps the work is laid out as (l, b, G, N, D/G): the decays
+    exp(delta A) and drives delta u B of the whole block come from two vectorised ops, the recurrence is one
+    in-place fused multiply-add per step over a contiguous (b, G, N, D/G) slab, and the readout is one batched
+    matmul. The block buffers are reused, so nothing (L, D, N)-sized is allocated. Backward recomputes each
+    block's states from the state saved at its start and runs the adjoint recurrence
+    g_{t-1} += exp(delta_t A) g_t in reverse.
     """
 
     @staticmethod
@@ -168,100 +171,105 @@ class _BlockedScan(torch.autograd.Function):
         batch, dim, seqlen = u.shape
         groups, dstate = B.shape[1], B.shape[2]
         per_group = dim // groups
-        u = u.contiguous()
-        delta = delta.contiguous()
         A_t = A.reshape(groups, per_group, dstate).transpose(1, 2).contiguous()  # (G, N, Dg)
-        drive_in = (delta * u).view(batch, groups, per_group, seqlen)
-        delta_v = delta.view(batch, groups, per_group, seqlen)
-        y = u.new_empty(batch, groups, per_group, seqlen)
-        starts = list(range(0, seqlen, block))
-        start_states = u.new_empty(len(starts), batch, groups, dstate, per_group)
-        h = u.new_zeros(batch, groups, dstate, per_group)
+        delta_tm = _to_time_major(delta, groups)  # (L, b, G, Dg)
+        drive_tm = _to_time_major(delta * u, groups)
+        B_tm = _to_time_major(B, groups)  # (L, b, G, N)
+        C_tm = _to_time_major(C, groups)
+        y_tm = u.new_empty(seqlen, batch, groups, 1, per_group)
+        starts = range(0, seqlen, block)
+        start_states = u.new_zeros(len(starts) + 1, batch, groups, dstate, per_group)  # last entry: final h
         size = min(block, seqlen)
         decay = u.new_empty(size, batch, groups, dstate, per_group)
         states = u.new_empty(size, batch, groups, dstate, per_group)
-        y_blk = u.new_empty(size, batch, groups, 1, per_group)
         for k, s in enumerate(starts):
             e = min(s + block, seqlen)
             n = e - s
-            start_states[k].copy_(h)
-            _block_states(delta_v, drive_in, A_t, B, s, e, h, decay[:n], states[:n])
-            torch.matmul(_time_major(C, s, e).unsqueeze(3), states[:n], out=y_blk[:n])
-            y[..., s:e].copy_(y_blk[:n, :, :, 0].permute(1, 2, 3, 0))
-            h.copy_(states[n - 1])
-        ctx.save_for_backward(u, delta, A_t, B, C, start_states)
+            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A_t, start_states[k], decay[:n], states[:n])
+            torch.matmul(C_tm[s:e].unsqueeze(3), states[:n], out=y_tm[s:e])
+            start_states[k + 1].copy_(states[n - 1])
+        ctx.save_for_backward(u, delta, A_t, B_tm, C_tm, start_states)
         ctx.block = block
-        last = h.transpose(2, 3).reshape(batch, dim, dstate)
-        return y.view(batch, dim, seqlen), last
+        last = start_states[-1].transpose(2, 3).reshape(batch, dim, dstate)
+        return _from_time_major(y_tm.view(seqlen, batch, dim)), last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        u, delta, A_t, B, C, start_states = ctx.saved_tensors
+        u, delta, A_t, B_tm, C_tm, start_states = ctx.saved_tensors
         block = ctx.block
         batch, dim, seqlen = u.shape
         groups, dstate, per_group = A_t.shape
-        dy = dy.contiguous().view(batch, groups, per_group, seqlen)
-        u_v = u.view(batch, groups, per_group, seqlen)
-        delta_v = delta.view(batch, groups, per_group, seqlen)
-        drive_in = (delta * u).view(batch, groups, per_group, seqlen)
+        delta_tm = _to_time_major(delta, groups)  # (L, b, G, Dg)
+        u_tm = _to_time_major(u, groups)
+        drive_tm = _to_time_major(delta * u, groups)
+        dy_tm = _to_time_major(dy, groups)
         # Adjoint flowing into the last step of the current block from the step after it.
         carry = dlast.reshape(batch, groups, per_group, dstate).transpose(2, 3).contiguous()
-        du = torch.empty_like(u_v)
-        ddelta = torch.empty_like(u_v)
+        du_tm = torch.empty_like(u_tm)
+        ddelta_tm = torch.empty_like(u_tm)
         dA_t = torch.zeros_like(A_t)
-        dB = torch.empty_like(B)
-        dC = torch.empty_like(C)
+        dB_tm = torch.empty_like(B_tm)
+        dC_tm = torch.empty_like(C_tm)
         size = min(block, seqlen)
         decay = u.new_empty(size, batch, groups, dstate, per_group)
         states = u.new_empty(size + 1, batch, groups, dstate, per_group)  # states[0] = h before the block
         adj = u.new_empty(size, batch, groups, dstate, per_group)
         tmp = u.new_empty(size, batch, groups, dstate, per_group)
-        for k in reversed(range(start_states.shape[0])):
+        for k in reversed(range(start_states.shape[0] - 1)):
             s = k * block
             e = min(s + block, seqlen)
             n = e - s
             states[0].copy_(start_states[k])
-            _block_states(delta_v, drive_in, A_t, B, s, e, states[0], decay[:n], states[1 : n + 1])
-            dy_blk = _time_major(dy, s, e).unsqueeze(3)  # (n, b, G, 1, Dg)
-            B_blk = _time_major(B, s, e).unsqueeze(3)  # (n, b, G, 1, N)
-            C_blk = _time_major(C, s, e).unsqueeze(4)  # (n, b, G, N, 1)
-            delta_blk = _time_major(delta_v, s, e).unsqueeze(3)
+            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A_t, states[0], decay[:n], states[1 : n + 1])
+            dy_blk = dy_tm[s:e].unsqueeze(3)  # (n, b, G, 1, Dg)
+            delta_blk = delta_tm[s:e].unsqueeze(3)
             # Adjoint of h_t: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
             g = adj[:n]
-            torch.mul(C_blk, dy_blk, out=g)
+            torch.mul(C_tm[s:e].unsqueeze(4), dy_blk, out=g)
             g[n - 1].add_(carry)
             for t in range(n - 1, 0, -1):
                 g[t - 1].addcmul_(decay[t], g[t])
             carry = decay[0] * g[0]
-            # dC_t[n] = sum_d dy_t[d] h_t[n, d]
-            dC_blk = torch.matmul(states[1 : n + 1], dy_blk.transpose(3, 4))  # (n, b, G, N, 1)
-            dC[..., s:e].copy_(dC_blk[..., 0].permute(1, 2, 3, 0))
+            # dC_t[n] = sum_d h_t[n, d] dy_t[d];  dB_t[n] = sum_d g_t[n, d] delta_t[d] u_t[d]. (einsum: matmul
+            # against a (.., Dg, 1) column can hit a batched-GEMM path ten times slower.)
+            dC_tm[s:e] = torch.einsum("lbgnd,lbgd->lbgn", states[1 : n + 1], dy_tm[s:e])
+            dB_tm[s:e] = torch.einsum("lbgnd,lbgd->lbgn", g, drive_tm[s:e])
             # w = g_t * h_{t-1} * exp(delta_t A): the gradient w.r.t. (delta_t A).
             w = decay[:n].mul_(g).mul_(states[:n])
             dA_t += torch.mul(w, delta_blk, out=tmp[:n]).sum(dim=(0, 1))
-            ddelta_a = torch.mul(w, A_t, out=tmp[:n]).sum(dim=3)  # (n, b, G, Dg)
-            gb = torch.matmul(B_blk, g)[:, :, :, 0]  # sum_n g_t[n, d] B_t[n]: (n, b, G, Dg)
-            u_blk = _time_major(u_v, s, e)
-            du[..., s:e].copy_((gb * _time_major(delta_v, s, e)).permute(1, 2, 3, 0))
-            ddelta[..., s:e].copy_((gb * u_blk + ddelta_a).permute(1, 2, 3, 0))
-            # dB_t[n] = sum_d g_t[n, d] delta_t[d] u_t[d]
-            dB_blk = torch.matmul(g, _time_major(drive_in, s, e).unsqueeze(4))  # (n, b, G, N, 1)
-            dB[..., s:e].copy_(dB_blk[..., 0].permute(1, 2, 3, 0))
+            ddelta_blk = torch.mul(w, A_t, out=tmp[:n]).sum(dim=3)  # (n, b, G, Dg)
+            gb = torch.matmul(B_tm[s:e].unsqueeze(3), g).squeeze(3)  # sum_n g_t[n, d] B_t[n]: (n, b, G, Dg)
+            torch.mul(gb, delta_tm[s:e], out=du_tm[s:e])
+            torch.addcmul(ddelta_blk, gb, u_tm[s:e], out=ddelta_tm[s:e])
         dA = dA_t.transpose(1, 2).reshape(dim, dstate)
-        return du.view(batch, dim, seqlen), ddelta.view(batch, dim, seqlen), dA, dB, dC, None
+        return (
+            _from_time_major(du_tm.view(seqlen, batch, dim)),
+            _from_time_major(ddelta_tm.view(seqlen, batch, dim)),
+            dA,
+            _from_time_major(dB_tm.view(seqlen, batch, groups, dstate)),
+            _from_time_major(dC_tm.view(seqlen, batch, groups, dstate)),
+            None,
+        )
 
 
-def _time_major(x: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """(b, G, K, L) -> contiguous (e - s, b, G, K) copy of time steps s..e-1 (strided operands make the big
-    broadcast ops several times slower, so each block's slices are transposed once, while they are small)."""
-    return x[..., s:e].permute(3, 0, 1, 2).contiguous()
+def _to_time_major(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, ..., L) -> contiguous (L, b, G, K), K = x[0].numel() / (G L), via one 2-D transpose."""
+    seqlen = x.shape[-1]
+    return x.reshape(-1, seqlen).t().contiguous().view(seqlen, x.shape[0], groups, -1)
 
 
-def _block_states(delta_v, drive_in, A_t, B, s: int, e: int, h0, decay, states) -> None:
-    """Fill decay[t] = exp(delta_t A) and states[t] = h_t for steps s..e-1 starting from h0 (all (b, G, N, Dg))."""
-    torch.mul(_time_major(delta_v, s, e).unsqueeze(3), A_t, out=decay)
+def _from_time_major(x: torch.Tensor) -> torch.Tensor:
+    """(L, *rest) -> contiguous (*rest, L), via one 2-D transpose."""
+    seqlen, rest = x.shape[0], x.shape[1:]
+    return x.reshape(seqlen, -1).t().contiguous().view(*rest, seqlen)
+
+
+def _block_states(delta_blk, drive_blk, B_blk, A_t, h0, decay, states) -> None:
+    """For one block given time-major (n, b, G, Dg) delta and delta*u, (n, b, G, N) B and the (b, G, N, Dg) state
+    before it: fill decay[t] = exp(delta_t A) and states[t] = h_t, both (n, b, G, N, Dg)."""
+    torch.mul(delta_blk.unsqueeze(3), A_t, out=decay)
     decay.exp_()
-    torch.mul(_time_major(B, s, e).unsqueeze(4), _time_major(drive_in, s, e).unsqueeze(3), out=states)
+    torch.mul(B_blk.unsqueeze(4), drive_blk.unsqueeze(3), out=states)
     steps_h = states.unbind(0)
     steps_a = decay.unbind(0)
     steps_h[0].addcmul_(steps_a[0], h0)
