@@ -129,8 +129,9 @@ def main() -> None:
     header = f"{'forward + backward':<36}{'median ms':>11}{'min ms':>9}{'speed-up':>10}"
     print(header)
     print("-" * len(header))
-    bwd_base = statistics.median(bwd_times["per-step reference loop"]) if "per-step reference loop" in bwd_times else None
-    for name, ts in sorted(bwd_times.items(), key=lambda kv: kv[0] != "per-step reference loop"):
+    ref_name = "per-step reference loop"
+    bwd_base = statistics.median(bwd_times[ref_name]) if ref_name in bwd_times else None
+    for name, ts in sorted(bwd_times.items(), key=lambda kv: kv[0] != ref_name):
         med = statistics.median(ts)
         ratio = f"{bwd_base / med:>9.1f}x" if bwd_base else f"{'-':>10}"
         print(f"{name:<36}{med * 1e3:>11.1f}{min(ts) * 1e3:>9.1f}{ratio}")

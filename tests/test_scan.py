@@ -165,6 +165,23 @@ def test_strong_decay_and_single_step():
             assert rel_err(selective_scan(**x, delta_softplus=True), ref) <= 1e-5
 
 
+def test_empty_batch_or_sequence():
+    for batch, seqlen in ((0, 5), (2, 0)):
+        x = make_inputs(batch=batch, seqlen=seqlen)
+        for impl in (selective_scan_ref, selective_scan_torch, scan_cpu.selective_scan_cpu, selective_scan):
+            out, last = impl(**x, delta_softplus=True, return_last_state=True)
+            assert out.shape == (batch, 8, seqlen) and last.shape == (batch, 8, 4)
+            assert not last.any()
+
+
+def test_float64_inputs_stay_float64_in_auto_mode():
+    x = make_inputs(dtype=torch.float64)
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    with torch.no_grad():
+        out = selective_scan(**x, delta_softplus=True)
+    assert out.dtype == torch.float64 and rel_err(out, ref) <= 1e-12
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_half_precision_inputs_keep_dtype_and_fp32_state(monkeypatch, dtype, backend):
@@ -276,7 +293,8 @@ def test_failed_build_falls_back_to_torch(monkeypatch):
     x = make_inputs()
     monkeypatch.setenv(BACKEND_ENV, "auto")
     with torch.no_grad():
-        torch.testing.assert_close(selective_scan(**x, delta_softplus=True), selective_scan_ref(**x, delta_softplus=True))
+        out = selective_scan(**x, delta_softplus=True)
+    torch.testing.assert_close(out, selective_scan_ref(**x, delta_softplus=True))
     monkeypatch.setenv(BACKEND_ENV, "cpp")
     with pytest.raises(RuntimeError, match="unavailable"):
         with torch.no_grad():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from typing import Callable, Optional, Union
 
@@ -253,9 +254,10 @@ class _BlockedScan(torch.autograd.Function):
 
 
 def _to_time_major(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(b, ..., L) -> contiguous (L, b, G, K), K = x[0].numel() / (G L), via one 2-D transpose."""
+    """(b, ..., L) -> contiguous (L, b, G, K), K = prod(...) / G, via one 2-D transpose."""
     seqlen = x.shape[-1]
-    return x.reshape(-1, seqlen).t().contiguous().view(seqlen, x.shape[0], groups, -1)
+    per_group = math.prod(x.shape[1:-1]) // groups
+    return x.reshape(-1, seqlen).t().contiguous().view(seqlen, x.shape[0], groups, per_group)
 
 
 def _from_time_major(x: torch.Tensor) -> torch.Tensor:
@@ -293,8 +295,8 @@ def selective_scan_torch(
     batch, dim, dstate, groups, seqlen = _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     u_ = u.to(dtype)
-    if seqlen == 0:
-        out = _finish(u_.new_zeros(batch, dim, 0), u_, D, z, u.dtype)
+    if seqlen == 0 or batch == 0:
+        out = _finish(u_.new_zeros(batch, dim, seqlen), u_, D, z, u.dtype)
         return (out, u_.new_zeros(batch, dim, dstate)) if return_last_state else out
     delta_ = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
     B4 = (B if B.dim() == 4 else B.unsqueeze(1)).to(dtype)
