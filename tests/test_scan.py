@@ -284,10 +284,8 @@ def test_backend_env_var(monkeypatch, kernel):
 
 
 def test_failed_build_falls_back_to_torch(monkeypatch):
-    monkeypatch.setattr(scan_cpu, "_tried", False)
-    monkeypatch.setattr(scan_cpu, "_kernel", None)
-    monkeypatch.setattr(scan_cpu, "_error", None)
-    monkeypatch.setattr(scan_cpu, "_compiler", lambda: None)
+    for name, value in (("_tried", False), ("_kernel", None), ("_error", None), ("_compiler", lambda: None)):
+        monkeypatch.setattr(scan_cpu, name, value)
     assert scan_cpu.load_kernel() is None
     assert "no C++ compiler" in scan_cpu.build_error()
     x = make_inputs()
@@ -299,6 +297,20 @@ def test_failed_build_falls_back_to_torch(monkeypatch):
     with pytest.raises(RuntimeError, match="unavailable"):
         with torch.no_grad():
             selective_scan(**x, delta_softplus=True)
+
+
+def test_build_goes_to_temp_dir_when_cache_is_unwritable(monkeypatch, tmp_path, kernel):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "cache"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for name, value in (("_tried", False), ("_kernel", None), ("_error", None)):
+        monkeypatch.setattr(scan_cpu, name, value)
+    assert scan_cpu.load_kernel() is not None, scan_cpu.build_error()
+    assert list(tmp_path.glob("mobilevideogpt_scan_cpu_*/scan_cpu.so"))
+    x = make_inputs()
+    ref = selective_scan_ref(**x, delta_softplus=True)
+    assert rel_err(scan_cpu.selective_scan_cpu(**x, delta_softplus=True), ref) <= 1e-5
 
 
 # ---------------------------------------------------------------- causal conv1d

@@ -273,13 +273,35 @@ def _compiler() -> Optional[str]:
     return None
 
 
-def _cache_root() -> Path:
+def _cache_roots() -> list[Path]:
+    """Where a build may live: torch's extension cache, then the temp dir (for a read-only home)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if root:
-        return Path(root)
-    from torch.utils.cpp_extension import get_default_build_root
+    if not root:
+        from torch.utils.cpp_extension import get_default_build_root
 
-    return Path(get_default_build_root())
+        root = get_default_build_root()
+    return [Path(root), Path(tempfile.gettempdir())]
+
+
+def _compile(cxx: str, flags: list[str], build_dir: Path, library: Path) -> None:
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # Private file names, then renames: concurrent processes never read a half-written source or library.
+    fd, src = tempfile.mkstemp(suffix=".cpp", dir=build_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(_SOURCE)
+    fd, out = tempfile.mkstemp(suffix=".so", dir=build_dir)
+    os.close(fd)
+    try:
+        result = subprocess.run([cxx, *flags, src, "-o", out], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{cxx} failed to build the selective-scan kernel:\n{result.stderr[-4000:]}")
+        os.chmod(out, 0o755)  # mkstemp made it private; a shared cache must stay loadable by others
+        os.replace(out, library)
+        os.replace(src, build_dir / "scan_cpu.cpp")  # kept next to the library for reference
+    finally:
+        for path in (src, out):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def _build() -> Callable[..., int]:
@@ -288,27 +310,18 @@ def _build() -> Callable[..., int]:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", *_arch_flags()]
     key = "\n".join([_SOURCE, cxx, " ".join(flags), platform.machine()])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    build_dir = _cache_root() / f"mobilevideogpt_scan_cpu_{digest}"
-    library = build_dir / "scan_cpu.so"
-    if not library.exists():
-        build_dir.mkdir(parents=True, exist_ok=True)
-        source = build_dir / "scan_cpu.cpp"
-        source.write_text(_SOURCE)
-        # Compile to a private name, then rename: concurrent processes never load a half-written library.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
-        os.close(fd)
+    name = f"mobilevideogpt_scan_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    errors = []
+    for root in _cache_roots():
+        library = root / name / "scan_cpu.so"
         try:
-            result = subprocess.run(
-                [cxx, *flags, str(source), "-o", tmp], capture_output=True, text=True, timeout=300
-            )
-            if result.returncode != 0:
-                raise RuntimeError(f"{cxx} failed to build {source}:\n{result.stderr[-4000:]}")
-            os.chmod(tmp, 0o755)  # mkstemp made it private; a shared cache must stay loadable by others
-            os.replace(tmp, library)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if not library.exists():
+                _compile(cxx, flags, root / name, library)
+            break
+        except OSError as exc:  # unwritable cache: try the next place
+            errors.append(f"{root}: {exc}")
+    else:
+        raise RuntimeError("cannot write the kernel build anywhere: " + "; ".join(errors))
     lib = ctypes.CDLL(str(library))
     fn = lib.mvg_selective_scan_fwd
     fn.restype = ctypes.c_int
