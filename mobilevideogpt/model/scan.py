@@ -310,11 +310,15 @@ def selective_scan_torch(
 @functools.lru_cache(maxsize=None)
 def _cuda_kernel(package: str) -> Optional[Callable]:
     """mamba_ssm's selective_scan_fn or causal_conv1d's causal_conv1d_fn, or None if the package does not import."""
+    # The compiled extension is imported explicitly too: a CPU-only install of these sdists can import the Python
+    # package yet lack it (environment-facts: "No module named 'selective_scan_cuda'").
     try:
         if package == "mamba_ssm":
+            import selective_scan_cuda  # noqa: F401
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
             return selective_scan_fn
+        import causal_conv1d_cuda  # noqa: F401
         from causal_conv1d import causal_conv1d_fn
 
         return causal_conv1d_fn
