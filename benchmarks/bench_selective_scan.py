@@ -6,6 +6,11 @@ the compiled CPU kernel, forward and backward, plus the depthwise causal conv.
 One scan: batch 1, L = 1569 (8 frames x 196 patches + CLS), D = 1152, N = 16, fp32, with z, D, delta_bias and
 softplus, values as in a freshly initialised VideoMamba-M layer. Repetitions of the implementations are interleaved
 (round-robin) so that load from other processes hits all of them alike; the median and the minimum are printed.
+
+On a machine shared with other busy processes, torch's OpenMP threads spin-wait at every parallel op and stall for
+milliseconds; the pure-PyTorch path and the conv then slow down 10-20x. OMP_WAIT_POLICY=PASSIVE (set before Python
+starts) or --threads 1 avoids it; the compiled kernel uses its own threads and is unaffected. The header prints the
+load average so such runs can be recognised.
 """
 
 from __future__ import annotations
@@ -111,7 +116,8 @@ def main() -> None:
 
     print(f"selective scan, CPU fp32, batch 1, L={L}, D={DIM}, N={N}, z + D + delta_bias + softplus")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, {platform.machine()}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, load average {load_before:.2f} -> "
         f"{load_after:.2f}"
     )
