@@ -43,6 +43,7 @@ BACKENDS = ("auto", "torch", "cpp")
 # on GPU memory is not the limit, so bigger blocks mean fewer small kernel launches outside the step loop.
 _BLOCK_CPU = 32
 _BLOCK_GPU = 512
+_LOG2E = 1.0 / math.log(2.0)
 
 ScanResult = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 
@@ -173,6 +174,7 @@ class _BlockedScan(torch.autograd.Function):
         groups, dstate = B.shape[1], B.shape[2]
         per_group = dim // groups
         A_t = A.reshape(groups, per_group, dstate).transpose(1, 2).contiguous()  # (G, N, Dg)
+        A2_t = A_t * _LOG2E
         delta_tm = _to_time_major(delta, groups)  # (L, b, G, Dg)
         drive_tm = _to_time_major(delta * u, groups)
         B_tm = _to_time_major(B, groups)  # (L, b, G, N)
@@ -186,7 +188,7 @@ class _BlockedScan(torch.autograd.Function):
         for k, s in enumerate(starts):
             e = min(s + block, seqlen)
             n = e - s
-            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A_t, start_states[k], decay[:n], states[:n])
+            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A2_t, start_states[k], decay[:n], states[:n])
             torch.matmul(C_tm[s:e].unsqueeze(3), states[:n], out=y_tm[s:e])
             start_states[k + 1].copy_(states[n - 1])
         ctx.save_for_backward(u, delta, A_t, B_tm, C_tm, start_states)
@@ -200,6 +202,7 @@ class _BlockedScan(torch.autograd.Function):
         block = ctx.block
         batch, dim, seqlen = u.shape
         groups, dstate, per_group = A_t.shape
+        A2_t = A_t * _LOG2E
         delta_tm = _to_time_major(delta, groups)  # (L, b, G, Dg)
         u_tm = _to_time_major(u, groups)
         drive_tm = _to_time_major(delta * u, groups)
@@ -221,7 +224,7 @@ class _BlockedScan(torch.autograd.Function):
             e = min(s + block, seqlen)
             n = e - s
             states[0].copy_(start_states[k])
-            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A_t, states[0], decay[:n], states[1 : n + 1])
+            _block_states(delta_tm[s:e], drive_tm[s:e], B_tm[s:e], A2_t, states[0], decay[:n], states[1 : n + 1])
             dy_blk = dy_tm[s:e].unsqueeze(3)  # (n, b, G, 1, Dg)
             delta_blk = delta_tm[s:e].unsqueeze(3)
             # Adjoint of h_t: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
@@ -266,11 +269,12 @@ def _from_time_major(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(seqlen, -1).t().contiguous().view(*rest, seqlen)
 
 
-def _block_states(delta_blk, drive_blk, B_blk, A_t, h0, decay, states) -> None:
-    """For one block given time-major (n, b, G, Dg) delta and delta*u, (n, b, G, N) B and the (b, G, N, Dg) state
-    before it: fill decay[t] = exp(delta_t A) and states[t] = h_t, both (n, b, G, N, Dg)."""
-    torch.mul(delta_blk.unsqueeze(3), A_t, out=decay)
-    decay.exp_()
+def _block_states(delta_blk, drive_blk, B_blk, A2_t, h0, decay, states) -> None:
+    """For one block given time-major (n, b, G, Dg) delta and delta*u, (n, b, G, N) B, A2_t = A log2(e) as
+    (G, N, Dg) and the (b, G, N, Dg) state before it: fill decay[t] = exp(delta_t A) and states[t] = h_t, both
+    (n, b, G, N, Dg)."""
+    torch.mul(delta_blk.unsqueeze(3), A2_t, out=decay)
+    decay.exp2_()  # torch's exp2 is ~3x faster than its exp on CPU, and this is the biggest op of the scan
     torch.mul(B_blk.unsqueeze(4), drive_blk.unsqueeze(3), out=states)
     steps_h = states.unbind(0)
     steps_a = decay.unbind(0)
