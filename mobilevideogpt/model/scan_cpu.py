@@ -100,9 +100,23 @@ inline float softplus_f(float v, const Limits& c) {
 
 inline float silu_f(float v, const Limits& c) { return v / (1.0f + exp_f(-v, c)); }
 
+// A (batch, channel, time) view with element strides: inputs are read in place, whatever their layout.
+struct View3 {
+  const float* p;
+  int64_t sb, sd, st;
+};
+
+// B or C: (batch, group, state, time).
+struct View4 {
+  const float* p;
+  int64_t sb, sg, sn, st;
+};
+
 struct Problem {
-  const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-  float *out, *last_state;
+  View3 u, delta, z;  // z.p may be null
+  View4 B, C;
+  const float *A, *D, *delta_bias;  // contiguous (dim, dstate), (dim), (dim); D and delta_bias may be null
+  float *out, *last_state;          // contiguous (batch, dim, seqlen), (batch, dim, dstate); last_state may be null
   int64_t batch, dim, dstate, groups, seqlen;
   bool softplus;
   Limits lim;
@@ -118,16 +132,28 @@ struct Scratch {
   explicit Scratch(int64_t n) : h(n * kLanes), a(n * kLanes), bt(kSteps * n), ct(kSteps * n) {}
 };
 
-// tile[i][j] = src[channel d0 + j, time t0 + i]; lanes past the last channel are zero.
-inline void load_tile(const float* src, int64_t row0, int64_t seqlen, int64_t t0, int tt, int nd,
-                      float (*tile)[kLanes]) {
-  for (int j = 0; j < kLanes; ++j) {
-    if (j < nd) {
-      const float* s = src + (row0 + j) * seqlen + t0;
-      for (int i = 0; i < tt; ++i) tile[i][j] = s[i];
-    } else {
-      for (int i = 0; i < tt; ++i) tile[i][j] = 0.0f;
+// tile[i][j] = x[b, d0 + j, t0 + i]; lanes past the last channel are zero. The two common layouts (time
+// contiguous, or channel contiguous as in a transposed Linear output) get loops the compiler can stream.
+inline void load_tile(const View3& x, int64_t b, int64_t d0, int64_t t0, int tt, int nd, float (*tile)[kLanes]) {
+  const float* base = x.p + b * x.sb + d0 * x.sd + t0 * x.st;
+  if (x.st == 1) {
+    for (int j = 0; j < kLanes; ++j) {
+      if (j < nd) {
+        const float* row = base + j * x.sd;
+        for (int i = 0; i < tt; ++i) tile[i][j] = row[i];
+      } else {
+        for (int i = 0; i < tt; ++i) tile[i][j] = 0.0f;
+      }
     }
+  } else if (x.sd == 1) {
+    for (int i = 0; i < tt; ++i) {
+      const float* col = base + i * x.st;
+      for (int j = 0; j < nd; ++j) tile[i][j] = col[j];
+      for (int j = nd; j < kLanes; ++j) tile[i][j] = 0.0f;
+    }
+  } else {
+    for (int i = 0; i < tt; ++i)
+      for (int j = 0; j < kLanes; ++j) tile[i][j] = j < nd ? base[i * x.st + j * x.sd] : 0.0f;
   }
 }
 
@@ -147,12 +173,12 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
     if (p.delta_bias) bias[j] = p.delta_bias[d0 + j];
   }
   const int64_t row0 = b * p.dim + d0;
-  const float* Bg = p.B + (b * p.groups + g) * N * L;
-  const float* Cg = p.C + (b * p.groups + g) * N * L;
+  const float* Bg = p.B.p + b * p.B.sb + g * p.B.sg;
+  const float* Cg = p.C.p + b * p.C.sb + g * p.C.sg;
   for (int64_t t0 = 0; t0 < L; t0 += kSteps) {
     const int tt = static_cast<int>(std::min<int64_t>(kSteps, L - t0));
-    load_tile(p.delta, row0, L, t0, tt, nd, s.dt);
-    load_tile(p.u, row0, L, t0, tt, nd, s.ut);
+    load_tile(p.delta, b, d0, t0, tt, nd, s.dt);
+    load_tile(p.u, b, d0, t0, tt, nd, s.ut);
     for (int i = 0; i < tt; ++i)
       for (int j = 0; j < kLanes; ++j) s.dt[i][j] += bias[j];
     if (p.softplus)
@@ -160,10 +186,10 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
         for (int j = 0; j < kLanes; ++j) s.dt[i][j] = softplus_f(s.dt[i][j], lim);
     for (int i = 0; i < tt; ++i)
       for (int j = 0; j < kLanes; ++j) s.dtu[i][j] = s.dt[i][j] * s.ut[i][j];
-    for (int64_t n = 0; n < N; ++n)
-      for (int i = 0; i < tt; ++i) {
-        s.bt[i * N + n] = Bg[n * L + t0 + i];
-        s.ct[i * N + n] = Cg[n * L + t0 + i];
+    for (int i = 0; i < tt; ++i)
+      for (int64_t n = 0; n < N; ++n) {
+        s.bt[i * N + n] = Bg[n * p.B.sn + (t0 + i) * p.B.st];
+        s.ct[i * N + n] = Cg[n * p.C.sn + (t0 + i) * p.C.st];
       }
     for (int i = 0; i < tt; ++i) {
       alignas(64) float y[kLanes] = {0.0f};
@@ -181,8 +207,8 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
       }
       for (int j = 0; j < kLanes; ++j) s.yt[i][j] = y[j] + skip[j] * s.ut[i][j];
     }
-    if (p.z) {
-      load_tile(p.z, row0, L, t0, tt, nd, s.zt);
+    if (p.z.p) {
+      load_tile(p.z, b, d0, t0, tt, nd, s.zt);
       for (int i = 0; i < tt; ++i)
         for (int j = 0; j < kLanes; ++j) s.yt[i][j] *= silu_f(s.zt[i][j], lim);
     }
@@ -198,17 +224,25 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
 
 }  // namespace
 
-// Shapes (all contiguous fp32): u, delta, z, out (batch, dim, seqlen); A (dim, dstate); B, C (batch, groups,
-// dstate, seqlen); D, delta_bias (dim); last_state (batch, dim, dstate). D, z, delta_bias, last_state may be null.
+// Shapes: u, delta, z (batch, dim, seqlen) and B, C (batch, groups, dstate, seqlen), fp32 with any element
+// strides, given in `strides` as u[3], delta[3], z[3], B[4], C[4] (batch, channel/group, [state,] time);
+// A (dim, dstate), D and delta_bias (dim) contiguous fp32; out (batch, dim, seqlen) and last_state (batch, dim,
+// dstate) contiguous fp32. z, D, delta_bias, last_state may be null.
 // Returns 0 on success, 1 on bad sizes, 2 when a worker ran out of memory.
 extern "C" int mvg_selective_scan_fwd(const float* u, const float* delta, const float* A, const float* B,
                                       const float* C, const float* D, const float* z, const float* delta_bias,
                                       int delta_softplus, float* out, float* last_state, int64_t batch,
                                       int64_t dim, int64_t dstate, int64_t groups, int64_t seqlen,
-                                      int num_threads) {
+                                      const int64_t* strides, int num_threads) {
   if (batch < 0 || dim <= 0 || dstate <= 0 || groups <= 0 || dim % groups != 0 || seqlen < 0) return 1;
-  const Problem p{u, delta, A, B, C, D, z, delta_bias, out, last_state, batch, dim, dstate, groups, seqlen,
-                  delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f}};
+  const int64_t* st = strides;
+  const Problem p{View3{u, st[0], st[1], st[2]},
+                  View3{delta, st[3], st[4], st[5]},
+                  View3{z, st[6], st[7], st[8]},
+                  View4{B, st[9], st[10], st[11], st[12]},
+                  View4{C, st[13], st[14], st[15], st[16]},
+                  A, D, delta_bias, out, last_state, batch, dim, dstate, groups, seqlen, delta_softplus != 0,
+                  Limits{-88.0f, 88.0f, 0.41421356f}};
   const int64_t per_group = dim / groups;
   const int64_t blocks = (per_group + kLanes - 1) / kLanes;
   const int64_t items = batch * groups * blocks;
@@ -326,7 +360,7 @@ def _build() -> Callable[..., int]:
     fn = lib.mvg_selective_scan_fwd
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5
-    fn.argtypes += [ctypes.c_int]
+    fn.argtypes += [ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
     return fn
 
 
@@ -353,8 +387,12 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.detach().to(torch.float32).contiguous()
+def _f32(t: Optional[torch.Tensor], contiguous: bool = False) -> Optional[torch.Tensor]:
+    """fp32 version of t (no copy when it already is); strided inputs are read in place by the kernel."""
+    if t is None:
+        return None
+    t = t.detach().to(torch.float32)
+    return t.contiguous() if contiguous else t
 
 
 def selective_scan_cpu(
@@ -372,25 +410,30 @@ def selective_scan_cpu(
     """Selective scan with the compiled kernel: same arguments and results as ``scan.selective_scan``.
 
     Expects inputs already validated by ``scan.selective_scan`` (CPU tensors; u, delta, z: (batch, D, L);
-    A: (D, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias: (D,)). No autograd: outputs are detached.
-    Returns out (batch, D, L) in u's dtype, plus the fp32 last state (batch, D, N) if ``return_last_state``.
+    A: (D, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias: (D,)); u, delta, z, B and C may have any
+    strides (e.g. transposed Linear outputs) and are not copied when already fp32. No autograd: outputs are
+    detached. Returns out (batch, D, L) in u's dtype, plus the fp32 last state (batch, D, N) if
+    ``return_last_state``.
     """
     fn = load_kernel()
     if fn is None:
         raise RuntimeError(f"the compiled CPU selective scan is unavailable: {build_error()}")
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
-    B4 = B if B.dim() == 4 else B.unsqueeze(1)
-    C4 = C if C.dim() == 4 else C.unsqueeze(1)
-    u32, delta32, A32, B32, C32 = _f32(u), _f32(delta), _f32(A), _f32(B4), _f32(C4)
-    D32, z32, bias32 = _f32(D), _f32(z), _f32(delta_bias)
+    u32, delta32, z32 = _f32(u), _f32(delta), _f32(z)
+    B32 = _f32(B if B.dim() == 4 else B.unsqueeze(1))
+    C32 = _f32(C if C.dim() == 4 else C.unsqueeze(1))
+    A32, D32, bias32 = _f32(A, True), _f32(D, True), _f32(delta_bias, True)
     out = torch.empty(batch, dim, seqlen, dtype=torch.float32)
     last = torch.empty(batch, dim, dstate, dtype=torch.float32) if return_last_state else None
     if out.numel() > 0:
+        strides = [*u32.stride(), *delta32.stride(), *(z32.stride() if z32 is not None else (0, 0, 0))]
+        strides += [*B32.stride(), *C32.stride()]
         rc = fn(
             _ptr(u32), _ptr(delta32), _ptr(A32), _ptr(B32), _ptr(C32), _ptr(D32), _ptr(z32), _ptr(bias32),
             int(bool(delta_softplus)), _ptr(out), _ptr(last),
-            batch, dim, dstate, B4.shape[1], seqlen, torch.get_num_threads(),
+            batch, dim, dstate, B32.shape[1], seqlen, (ctypes.c_int64 * len(strides))(*strides),
+            torch.get_num_threads(),
         )
         if rc != 0:
             raise RuntimeError(f"compiled CPU selective scan failed with code {rc}")
