@@ -355,7 +355,8 @@ def selective_scan(
         z: (batch, D, L) gate; delta_softplus: apply softplus to delta + delta_bias.
     Returns:
         out (batch, D, L) in u's dtype; with ``return_last_state`` also the fp32 state after the last step
-        (batch, D, N).
+        (batch, D, N). The pure-PyTorch path back-propagates through the last state too; mamba_ssm's kernel, like
+        upstream, does not.
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     backend = scan_backend()
