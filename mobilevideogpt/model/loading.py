@@ -36,6 +36,7 @@ import torch.nn as nn
 from transformers import CLIPVisionModel, PretrainedConfig
 from transformers.utils import cached_file
 
+from .state_dicts import diff_state_dicts, preview
 from .zero import gathered
 from .videomamba_weights import WeightLoadError, load_upstream_videomamba
 
@@ -256,24 +257,12 @@ def resolve_videomamba_file(source: str) -> Path:
 
 
 def check_same_layout(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], what: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(
-        f"{k}: {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or shapes:
+    diff = diff_state_dicts(expected, state)
+    if not diff.ok:
         raise CheckpointLoadError(
-            f"{what} does not match the configured tower (clip_vision_config): "
-            f"missing {preview(missing)}; unexpected {preview(unexpected)}; shape mismatches {preview(shapes)}"
+            f"{what} does not match the configured tower (clip_vision_config): missing {preview(diff.missing)}; "
+            f"unexpected {preview(diff.unexpected)}; shape mismatches {preview(diff.wrong_shape)}"
         )
-
-
-def preview(keys: list[str], n: int = 8) -> str:
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f", … (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 def first_line(err: BaseException) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .state_dicts import diff_state_dicts, preview
 from .videomamba import VideoMamba, interpolate_pos_embed, interpolate_temporal_embed
 
 VISION_PREFIX = "vision_encoder."
@@ -98,24 +99,17 @@ def load_upstream_videomamba(
         mapped["temporal_pos_embedding"] = interpolate_temporal_embed(mapped["temporal_pos_embedding"], temporal)
         report.resized.append("temporal_pos_embedding")
 
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    wrong_shape = sorted(
-        f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(mapped) & set(expected)
-        if mapped[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
+    diff = diff_state_dicts(encoder.state_dict(), mapped)
+    if not diff.ok:
         problems = []
-        if missing:
-            problems.append(f"missing {len(missing)} keys: {_preview(missing)}")
-        if unexpected:
-            problems.append(f"unexpected vision keys {len(unexpected)}: {_preview(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches: {_preview(wrong_shape)}")
+        if diff.missing:
+            problems.append(f"missing {len(diff.missing)} keys: {preview(diff.missing)}")
+        if diff.unexpected:
+            problems.append(f"unexpected vision keys {len(diff.unexpected)}: {preview(diff.unexpected)}")
+        if diff.wrong_shape:
+            problems.append(f"shape mismatches: {preview(diff.wrong_shape)}")
         hint = ""
-        if any(k.endswith(("A_b_log", "D_b")) or "_b." in k for k in missing):
+        if any(k.endswith(("A_b_log", "D_b")) or "_b." in k for k in diff.missing):
             hint = " (the `_b` tensors belong to the bidirectional scan: was this checkpoint saved without bimamba?)"
         raise WeightLoadError("VideoMamba weights do not match the encoder: " + "; ".join(problems) + hint)
 
@@ -123,6 +117,3 @@ def load_upstream_videomamba(
     report.loaded = sorted(mapped)
     return report
 
-
-def _preview(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f", … (+{len(keys) - n})" if len(keys) > n else "")
