@@ -133,7 +133,8 @@ fi
 
 EVAL_ARGS=(--eval_strategy no)
 if [[ -n $DATASET_VAL ]]; then
-  EVAL_ARGS=(--dataset_val "$DATASET_VAL" --eval_strategy steps --eval_steps "$SAVE_STEPS" --per_device_eval_batch_size "$BATCH")
+  # Evaluation computes full logits (length × vocab per sample): one sample per step keeps that small.
+  EVAL_ARGS=(--dataset_val "$DATASET_VAL" --eval_strategy steps --eval_steps "$SAVE_STEPS" --per_device_eval_batch_size 1 --prediction_loss_only True)
 fi
 RESUME_ARGS=()
 [[ $RESUME == 1 ]] && RESUME_ARGS=(--resume True)

@@ -225,3 +225,28 @@ def test_script_overrides_and_help():
         assert name in help_text
     bad = run_script("--bogus")
     assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
+
+
+def test_training_loss_skips_unsupervised_logits_but_equals_the_full_loss():
+    from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from mobilevideogpt.model.tiny import build_tiny_model, fast_geometry
+
+    model = build_tiny_model(**fast_geometry())
+    for projector in model.model.projectors:
+        projector.requires_grad_(True)
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN_INDEX, 7, 8, 9, 10], [11, IMAGE_TOKEN_INDEX, 12, 13, 14, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0, 0]])
+    labels = torch.where((ids == IMAGE_TOKEN_INDEX) | (mask == 0), IGNORE_INDEX, ids)
+    labels[:, :2] = IGNORE_INDEX
+    g = torch.Generator().manual_seed(0)
+    images, context = (torch.randn(2, 4, 3, 112, 112, generator=g) for _ in range(2))
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels, images=images, context_images=context)
+    with torch.no_grad():
+        full = model.eval()(**batch)
+        assert full.logits.shape[1] == 7 - 1 + model.config.visual_tokens_per_video
+        sparse = model.train()(**batch)
+        assert sparse.logits is None
+        torch.testing.assert_close(sparse.loss, full.loss, rtol=1e-5, atol=1e-6)
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        scaled = model(**batch, num_items_in_batch=torch.tensor(2 * n))
+        torch.testing.assert_close(scaled.loss, full.loss / 2, rtol=1e-5, atol=1e-6)

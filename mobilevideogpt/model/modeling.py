@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2ForCausalLM, Qwen2Model
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..constants import IMAGE_TOKEN_INDEX
+from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .clip import CLIPImageTower
 from .configuration import MobileVideoGPTQwenConfig, check_token_pipeline
 from .loading import load_pretrained
@@ -191,6 +192,11 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
                 inputs_embeds = inputs_embeds + self.model.unused_projector_anchor()
         if cache is not None:
             kwargs["cache"] = cache
+        if labels is not None and self.training:
+            return self._supervised_loss(
+                labels, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            )
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -201,6 +207,24 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _supervised_loss(
+        self, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None, **model_inputs
+    ) -> CausalLMOutputWithPast:
+        """Training loss from the supervised positions only (`logits` is None).
+
+        The LM head never sees the visual and prompt positions, so no (batch, length, vocab) logits tensor is
+        built: for a batch of 4 QVED samples that tensor alone is 4 × ~2450 × 151,936 values (3 GB in bf16).
+        Same value as the full-logits loss: shifted cross-entropy summed over non-ignored targets, divided by
+        `num_items_in_batch` (the Trainer's count across gradient accumulation) or by their number.
+        """
+        hidden = self.model(**model_inputs).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.lm_head(hidden[:, :-1][keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        return CausalLMOutputWithPast(loss=loss / count)
 
     def _has_trainable_projectors(self) -> bool:
         return self.config.has_vision and any(

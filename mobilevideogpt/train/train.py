@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     transformers.utils.logging.set_verbosity_warning()
     # DeepSpeed 0.19 still calls collectives that torch 2.13 deprecates; one warning per call floods the log.
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+ is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     run(model_args, data_args, training_args)
 
 
