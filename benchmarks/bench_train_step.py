@@ -1,0 +1,95 @@
+"""One Stage-3 training step (LoRA on the LLM + both projectors, frozen towers): time and peak memory.
+
+    python benchmarks/bench_train_step.py                      # tiny config (published geometry) on CPU
+    python benchmarks/bench_train_step.py --full-size --batch 4 --text-len 2048   # 0.5B, meant for a GPU
+
+Random weights, random 16-frame videos, `--text-len` text tokens per sample on top of the 2402 visual
+tokens, gradient checkpointing on, AdamW. Prints the median step time over `--steps` steps after one
+warm-up step, and the peak memory (CUDA: max allocated; CPU: peak RSS of this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mobilevideogpt.model.configuration import MobileVideoGPTQwenConfig
+from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
+from mobilevideogpt.model.tiny import tiny_config
+from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full-size", action="store_true", help="the published 0.5B architecture")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--text-len", type=int, default=64, help="text tokens per sample (besides visual tokens)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--lora-r", type=int, default=64)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    config = MobileVideoGPTQwenConfig.published() if args.full_size else tiny_config()
+    torch.manual_seed(0)
+    model = MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype)
+    model.requires_grad_(False)
+    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LLM_LORA_TARGETS))
+    for projector in model.get_base_model().model.projectors:
+        projector.requires_grad_(True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    ids = torch.randint(0, 150_000, (args.batch, args.text_len), device=device)
+    ids[:, args.text_len // 4] = IMAGE_TOKEN_INDEX
+    labels = ids.clone()
+    labels[:, : args.text_len // 2] = IGNORE_INDEX
+    frames = config.num_frames
+    size = config.clip_vision().image_size
+    images = torch.randn(args.batch, frames, 3, size, size, device=device)
+    context = torch.randn(args.batch, frames, 3, size, size, device=device)
+
+    times = []
+    for step in range(args.steps + 1):
+        sync(device)
+        start = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, images=images,
+                     context_images=context).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if step:
+            times.append(time.perf_counter() - start)
+
+    if device.type == "cuda":
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+        where = torch.cuda.get_device_name(device)
+    else:
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak RSS)"
+        where = f"CPU, {torch.get_num_threads()} threads"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    seq = args.text_len - 1 + config.visual_tokens_per_video
+    print(f"{'full-size 0.5B' if args.full_size else 'tiny'} Mobile-VideoGPT, {dtype}, {where}")
+    print(f"| batch | sequence | trainable params | median step (s) | peak memory |")
+    print(f"|------:|---------:|-----------------:|----------------:|-------------|")
+    print(f"| {args.batch:5d} | {seq:8d} | {trainable:16,} | {statistics.median(times):15.3f} | {peak} |")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()
