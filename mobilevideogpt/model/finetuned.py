@@ -136,6 +136,14 @@ def _has_model_weights(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / name).is_file() for name in MODEL_WEIGHT_FILES)
 
 
+def is_training_output(model_path: str | os.PathLike) -> bool:
+    """A training checkpoint folder or a run folder holding checkpoint-* folders (cheap, reads no weights)."""
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        return False
+    return _is_training_folder(path) or (not _has_model_weights(path) and bool(_step_checkpoints(path) or (path / FINAL_CHECKPOINT).is_dir()))
+
+
 def _step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in run_dir.iterdir():
