@@ -64,7 +64,8 @@ class ModelSource:
     """What `model_path` turned out to be, before anything heavy is loaded.
 
     `checkpoint` is the training checkpoint folder used (None for a base model); `base` is what
-    `from_pretrained` loads (the base model for a training checkpoint, else `model_path` itself).
+    `from_pretrained` loads (the base model for a LoRA checkpoint, else the model folder or hub id itself);
+    `has_adapter` / `has_projectors` say which trained files are applied on top of `base`.
     """
 
     model_path: str
@@ -185,6 +186,28 @@ def _recorded_base(checkpoint: Path) -> str | None:
     return recorded or None
 
 
+def _locate_recorded_base(base: str, checkpoint: Path) -> str:
+    """The recorded base as a usable path or hub id.
+
+    Training records the path it was given, relative to where it ran (the project root for
+    `scripts/finetune_qved.sh`), so a relative path is looked up from here, then from each folder above the
+    checkpoint. Something that is not found and cannot be a hub id (`owner/name`) is an error.
+    """
+    recorded = Path(base).expanduser()
+    if recorded.exists():
+        return base
+    if not recorded.is_absolute():
+        for folder in checkpoint.resolve().parents:
+            if (folder / recorded).exists():
+                return str(folder / recorded)
+    if _looks_like_local_path(base):
+        raise ModelLoadError(
+            f"the base model recorded in {checkpoint / ADAPTER_CONFIG}, {base}, does not exist (looked in "
+            f"{Path.cwd()} and the folders above the checkpoint); pass --model_base PATH_OR_HUB_ID"
+        )
+    return base
+
+
 def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathLike | None = None) -> ModelSource:
     """Classify `model_path` (see the module docstring) without loading weights. Raises `ModelLoadError`."""
     text = str(model_path)
@@ -196,7 +219,9 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
                 "results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final, written by "
                 "`bash scripts/finetune_qved.sh`) or a hub id such as Amshaker/Mobile-VideoGPT-0.5B"
             )
-        return ModelSource(model_path=text, base=str(model_base) if model_base else text)
+        if model_base:
+            raise ModelLoadError(f"--model_base applies to local training checkpoints only; drop it for {text}")
+        return ModelSource(model_path=text, base=text)
     if not path.is_dir():
         raise ModelLoadError(f"model path {text} is a file; pass the checkpoint folder that contains it")
 
@@ -235,11 +260,8 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
             f"checkpoint {path} does not record its base model ({ADAPTER_CONFIG} lacks base_model_name_or_path); "
             "pass it with --model_base (e.g. Amshaker/Mobile-VideoGPT-0.5B)"
         )
-    if not model_base and _looks_like_local_path(base) and not Path(base).expanduser().exists():
-        raise ModelLoadError(
-            f"the base model recorded in {path / ADAPTER_CONFIG}, {base}, does not exist from here "
-            f"({Path.cwd()}); run from the directory training ran in, or pass --model_base PATH_OR_HUB_ID"
-        )
+    if not model_base:
+        base = _locate_recorded_base(base, path)
     return ModelSource(
         model_path=text,
         base=base,
@@ -345,6 +367,8 @@ def apply_lora_adapter(model: torch.nn.Module, checkpoint: Path, merge: bool = T
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers property that transformers 5 deprecates; nothing to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            # Missing adapter tensors are reported below, as an error, together with unused ones.
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
             peft_model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as err:
         raise ModelLoadError(
