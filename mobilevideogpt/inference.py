@@ -172,7 +172,7 @@ class VideoChat:
         clip_path: str | None = None,
         videomamba_path: str | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    ) -> "VideoChat":
+    ) -> VideoChat:
         """Load a base checkpoint, hub id or training output (raises `ModelLoadError` with the fix)."""
         loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path)
         return cls(loaded.model, loaded.tokenizer, system_prompt=system_prompt, source=loaded.source)
@@ -209,7 +209,8 @@ class VideoChat:
         if frames != self.num_frames:
             raise ValueError(
                 f"this model takes exactly {self.num_frames} frames per video (its token pipeline: "
-                f"{self.model.config.num_frames} frames in chunks of {self.model.config.chunk_size}); got num_frames={frames}"
+                f"{self.model.config.num_frames} frames in chunks of {self.model.config.chunk_size}); "
+                f"got num_frames={frames}"
             )
         return load_video_inputs(video_path, num_frames=frames, image_size=self.image_size)
 
@@ -217,9 +218,7 @@ class VideoChat:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def generation_kwargs(
-        self, max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int
-    ) -> dict:
+    def generation_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, min_new_tokens: int) -> dict:
         """Explicit settings, so the checkpoint's generation_config.json (e.g. a repetition penalty) cannot
         silently change results: greedy for temperature 0, plain temperature/top-p sampling otherwise."""
         if max_new_tokens < 1:

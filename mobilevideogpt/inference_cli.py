@@ -61,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed for sampling")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument(
-        "--dtype", default="auto", help="auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU), fp32, bf16, fp16"
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU), fp32, bf16, fp16",
     )
     parser.add_argument(
         "--num_frames", "--num-frames", type=int, help="frames sampled per video (default: what the model takes, 16)"
     )
-    parser.add_argument("--clip_path", "--clip-path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
+    parser.add_argument(
+        "--clip_path", "--clip-path", help="CLIP weights when the checkpoint lacks them (dir or hub id)"
+    )
     parser.add_argument(
         "--videomamba_path", "--videomamba-path", help="VideoMamba .pth when the checkpoint lacks its weights"
     )
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(err, (ModelLoadError, ValueError)):
             message = one_line(err)
         else:
-            message = f"unexpected failure: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
+            message = (
+                f"unexpected failure: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
+            )
     print(f"error: {message}", file=sys.stderr)
     return 1

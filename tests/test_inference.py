@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mobilevideogpt.conversation import IM_END
@@ -163,7 +162,9 @@ PROMPT_IDS = [151644, 872, 198, -200, 198, 2082, 374, 419, 151645, 198, 151644, 
 def logits(model, images, context):
     """Logits of the text after the video (all that depends on it; the 151,936-wide vocabulary makes the rest slow)."""
     with torch.no_grad():
-        return model(input_ids=torch.tensor([PROMPT_IDS]), images=images, context_images=context, logits_to_keep=9).logits
+        return model(
+            input_ids=torch.tensor([PROMPT_IDS]), images=images, context_images=context, logits_to_keep=9
+        ).logits
 
 
 def test_loader_applies_projectors_and_merges_lora_like_by_hand(mvgpt_fast_checkpoint, mvgpt_trained_run):

@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from mobilevideogpt.inference import VideoChat
 from mobilevideogpt.model.finetuned import ModelLoadError, assemble_model, resolve_model_path
-from mobilevideogpt.model.merge import MERGE_INFO, main as merge_main, merge_checkpoint
+from mobilevideogpt.model.merge import MERGE_INFO, merge_checkpoint
+from mobilevideogpt.model.merge import main as merge_main
 from mobilevideogpt.train.checkpoints import FINAL_CHECKPOINT
 
 PROMPT_IDS = [151644, 872, 198, -200, 198, 2082, 374, 419, 151645, 198, 151644, 77091, 198]

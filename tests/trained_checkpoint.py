@@ -29,9 +29,7 @@ def make_training_checkpoint(
     args = TrainingArguments(
         output_dir=str(run_dir), use_cpu=True, report_to="none", lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0
     )
-    model = load_model_for_training(
-        ModelArguments(model_name_or_path=str(base), num_select_k_frames_in_chunk=k), args
-    )
+    model = load_model_for_training(ModelArguments(model_name_or_path=str(base), num_select_k_frames_in_chunk=k), args)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):

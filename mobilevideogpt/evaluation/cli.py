@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bertscore_model",
         "--bertscore-model",
         default=DEFAULT_BERTSCORE_MODEL,
-        help=f"BERTScore model: hub id already in the local cache, or a local folder (default {DEFAULT_BERTSCORE_MODEL})",
+        help="BERTScore model: a hub id already in the local cache, or a local folder "
+        f"(default {DEFAULT_BERTSCORE_MODEL})",
     )
-    parser.add_argument("--bertscore_layers", "--bertscore-layers", type=int, help="layer for a model bert-score does not know")
+    parser.add_argument(
+        "--bertscore_layers", "--bertscore-layers", type=int, help="layer for a model bert-score does not know"
+    )
     parser.add_argument("--no_bertscore", "--no-bertscore", action="store_true", help="skip BERTScore")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -155,13 +158,19 @@ def evaluate(args: argparse.Namespace) -> Path:
     }
     meteor = meteor_scorer()
     runs = []
-    for model_path, source, label in zip(models, sources, labels):
+    for model_path, source, label in zip(models, sources, labels, strict=True):
         model_dir = output_dir / label
         config = run_config(source, args)
         if args.report_only:
             if not (model_dir / PREDICTIONS_FILE).is_file():
-                raise EvaluationError(f"--report_only: {model_dir / PREDICTIONS_FILE} does not exist; run the evaluation first")
-            config = json.loads((model_dir / RUN_CONFIG_FILE).read_text()) if (model_dir / RUN_CONFIG_FILE).is_file() else config
+                raise EvaluationError(
+                    f"--report_only: {model_dir / PREDICTIONS_FILE} does not exist; run the evaluation first"
+                )
+            config = (
+                json.loads((model_dir / RUN_CONFIG_FILE).read_text())
+                if (model_dir / RUN_CONFIG_FILE).is_file()
+                else config
+            )
         else:
             check_run_config(model_dir, config, args.overwrite)
             print(f"[{label}] loading {source.describe()}", file=sys.stderr, flush=True)

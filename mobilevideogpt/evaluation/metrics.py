@@ -139,7 +139,7 @@ def count_chunks(matches: Sequence[tuple[int, int]]) -> int:
     if not matches:
         return 0
     chunks = 1
-    for (h0, r0), (h1, r1) in zip(matches, matches[1:]):
+    for (h0, r0), (h1, r1) in zip(matches, matches[1:], strict=False):
         if not (h1 == h0 + 1 and r1 == r0 + 1):
             chunks += 1
     return chunks

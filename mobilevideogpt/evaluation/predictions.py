@@ -30,7 +30,15 @@ PREDICTIONS_FILE = "predictions.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 # Settings that change predictions: a resumed run must use the same ones.
 RESUME_KEYS = (
-    "base", "checkpoint", "checkpoint_marker", "split", "max_new_tokens", "temperature", "top_p", "seed", "system_prompt"
+    "base",
+    "checkpoint",
+    "checkpoint_marker",
+    "split",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "system_prompt",
 )
 
 
@@ -184,9 +192,10 @@ def run_predictions(
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("\n")
     failed = 0
-    with open(path, "a", encoding="utf-8") as handle, tqdm(
-        total=len(todo), desc=label or "evaluating", unit="video", disable=not progress
-    ) as bar:
+    with (
+        open(path, "a", encoding="utf-8") as handle,
+        tqdm(total=len(todo), desc=label or "evaluating", unit="video", disable=not progress) as bar,
+    ):
         for sample in todo:
             record = predict_sample(chat, sample, generation)
             failed += record["status"] != "ok"

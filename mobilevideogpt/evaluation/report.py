@@ -139,7 +139,9 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
     }
 
 
-def build_report(split: str, samples: list[EvalSample], runs: list[ModelRun], meteor: MeteorScorer, note: str = "") -> dict:
+def build_report(
+    split: str, samples: list[EvalSample], runs: list[ModelRun], meteor: MeteorScorer, note: str = ""
+) -> dict:
     return {
         "split": split,
         "num_samples": len(samples),
@@ -176,19 +178,28 @@ def render_markdown(report: dict[str, Any]) -> str:
             lambda m: f"{m['samples']['ok']} / {m['samples']['failed']} / {m['samples']['pending']}",
         ),
         row("Exercise identified (exact)", lambda m: _fmt_accuracy(m["metrics"]["exercise_accuracy_exact"])),
-        row("Exercise identified (ignoring qualifiers)", lambda m: _fmt_accuracy(m["metrics"]["exercise_accuracy_base"])),
+        row(
+            "Exercise identified (ignoring qualifiers)", lambda m: _fmt_accuracy(m["metrics"]["exercise_accuracy_base"])
+        ),
         row("ROUGE-L (F)", lambda m: _fmt(m["metrics"]["rouge_l"]["mean"])),
         row(report["meteor_variant"], lambda m: _fmt(m["metrics"]["meteor"]["mean"])),
         row(
             "BERTScore F1",
-            lambda m: _fmt(m["metrics"]["bertscore_f1"]["mean"]) if m["metrics"]["bertscore_f1"]["mean"] is not None else "skipped",
+            lambda m: (
+                _fmt(m["metrics"]["bertscore_f1"]["mean"])
+                if m["metrics"]["bertscore_f1"]["mean"] is not None
+                else "skipped"
+            ),
         ),
         row("Time to first token (mean)", lambda m: _fmt(m["throughput"]["mean_time_to_first_token_s"], 2, " s")),
         row("Decode speed (mean per video)", lambda m: _fmt(m["throughput"]["mean_decode_tokens_per_s"], 1, " tok/s")),
         row("Generation throughput", lambda m: _fmt(m["throughput"]["tokens_per_s"], 1, " tok/s")),
         row(
             "Latency per video (mean / median)",
-            lambda m: f"{_fmt(m['throughput']['mean_latency_s'], 2, ' s')} / {_fmt(m['throughput']['median_latency_s'], 2, ' s')}",
+            lambda m: (
+                f"{_fmt(m['throughput']['mean_latency_s'], 2, ' s')} / "
+                f"{_fmt(m['throughput']['median_latency_s'], 2, ' s')}"
+            ),
         ),
         row(
             "New tokens (total; answers cut at max_new_tokens)",

@@ -84,12 +84,14 @@ class ModelSource:
             return f"model {self.base}"
         if str(self.checkpoint) == self.base:
             return f"checkpoint {self.checkpoint} (complete model)"
-        parts = [p for p, present in (("LoRA adapter", self.has_adapter), ("projectors", self.has_projectors)) if present]
+        parts = [
+            p for p, present in (("LoRA adapter", self.has_adapter), ("projectors", self.has_projectors)) if present
+        ]
         return f"checkpoint {self.checkpoint} ({' + '.join(parts) or 'no trained weights'}) on base {self.base}"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" → CUDA when available, else CPU. An explicit CUDA device must exist."""
+    """ "auto" → CUDA when available, else CPU. An explicit CUDA device must exist."""
     if isinstance(device, torch.device):
         resolved = device
     elif device in (None, "", "auto"):
@@ -108,7 +110,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """"auto" → bf16 on CUDA devices that support it, fp16 on other CUDA devices, fp32 on the CPU."""
+    """ "auto" → bf16 on CUDA devices that support it, fp16 on other CUDA devices, fp32 on the CPU."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "", "auto"):
@@ -142,7 +144,9 @@ def is_training_output(model_path: str | os.PathLike) -> bool:
     path = Path(model_path).expanduser()
     if not path.is_dir():
         return False
-    return _is_training_folder(path) or (not _has_model_weights(path) and bool(_step_checkpoints(path) or (path / FINAL_CHECKPOINT).is_dir()))
+    return _is_training_folder(path) or (
+        not _has_model_weights(path) and bool(_step_checkpoints(path) or (path / FINAL_CHECKPOINT).is_dir())
+    )
 
 
 def _step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -182,7 +186,9 @@ def _recorded_base(checkpoint: Path) -> str | None:
     try:
         recorded = json.loads(config_path.read_text()).get("base_model_name_or_path")
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{config_path} is not readable JSON ({first_line(err)}); the checkpoint is damaged") from err
+        raise ModelLoadError(
+            f"{config_path} is not readable JSON ({first_line(err)}); the checkpoint is damaged"
+        ) from err
     return recorded or None
 
 
@@ -238,7 +244,8 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
     if not is_complete(path):
         raise ModelLoadError(
             f"checkpoint {path} is incomplete (no {COMPLETE_MARKER} marker: training stopped while saving it); "
-            "use another checkpoint-N or checkpoint-final, or resume training with `bash scripts/finetune_qved.sh --resume`"
+            "use another checkpoint-N or checkpoint-final, or resume training with "
+            "`bash scripts/finetune_qved.sh --resume`"
         )
     has_adapter = (path / ADAPTER_CONFIG).is_file()
     if has_adapter and not (path / ADAPTER_WEIGHTS).is_file():
@@ -274,7 +281,10 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
 
 def _hub_hint(source: ModelSource, err: BaseException) -> str:
     if Path(source.base).expanduser().exists():
-        return f"cannot load model {source.base} ({first_line(err)}): the folder is not a loadable Mobile-VideoGPT checkpoint"
+        return (
+            f"cannot load model {source.base} ({first_line(err)}): "
+            "the folder is not a loadable Mobile-VideoGPT checkpoint"
+        )
     flag = " with --model_base DIR" if source.checkpoint is not None else ""
     return (
         f"cannot load model {source.base} ({first_line(err)}): it is neither a local checkpoint folder nor reachable "
@@ -290,7 +300,11 @@ def load_model_config(source: ModelSource):
 
     import mobilevideogpt  # noqa: F401  (registers the Auto classes)
 
-    where = source.checkpoint if source.checkpoint is not None and (source.checkpoint / "config.json").is_file() else source.base
+    where = (
+        source.checkpoint
+        if source.checkpoint is not None and (source.checkpoint / "config.json").is_file()
+        else source.base
+    )
     try:
         config = AutoConfig.from_pretrained(str(where))
     except (OSError, ValueError) as err:
@@ -344,7 +358,9 @@ def apply_non_lora_weights(model: torch.nn.Module, path: str | os.PathLike) -> l
             problems.append(f"{len(unknown)} key(s) not in the model: {preview(unknown)}")
         if shapes:
             problems.append(f"{len(shapes)} shape mismatch(es): {preview(shapes)}")
-        raise ModelLoadError(f"{path} does not fit the base model ({'; '.join(problems)}); is --model_base the base it was trained from?")
+        raise ModelLoadError(
+            f"{path} does not fit the base model ({'; '.join(problems)}); is --model_base the base it was trained from?"
+        )
     with torch.no_grad():
         for key, value in tensors.items():
             targets[key].copy_(value.to(targets[key].dtype))

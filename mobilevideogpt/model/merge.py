@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .finetuned import ModelLoadError, assemble_model, load_model_config, load_tokenizer, resolve_dtype, resolve_model_path
+from .finetuned import (
+    ModelLoadError,
+    assemble_model,
+    load_model_config,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
 
 MERGE_INFO = "merge_info.json"
 
@@ -52,8 +59,7 @@ def merge_checkpoint(
     source = resolve_model_path(model_path, model_base)
     if not source.is_training_checkpoint or not (source.has_adapter or source.has_projectors):
         raise ModelLoadError(
-            f"{model_path} is already a standalone model (no LoRA adapter or projector file to merge); "
-            "load it directly"
+            f"{model_path} is already a standalone model (no LoRA adapter or projector file to merge); load it directly"
         )
     out = Path(out_dir)
     if out.resolve() in (source.checkpoint.resolve(), Path(source.base).resolve()):
