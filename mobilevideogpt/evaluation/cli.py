@@ -24,6 +24,7 @@ from .metrics import meteor_scorer
 from .predictions import (
     PREDICTIONS_FILE,
     RUN_CONFIG_FILE,
+    EvalSample,
     EvaluationError,
     check_run_config,
     load_split,
@@ -134,9 +135,52 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def evaluate(args: argparse.Namespace) -> Path:
+def _base_for(model_path: str, args: argparse.Namespace) -> str | None:
+    # --model_base concerns training outputs; in a comparison the other model may be a base model.
+    return args.model_base if is_training_output(model_path) else None
+
+
+def recorded_run_config(model_dir: Path, model_path: str) -> dict:
+    if not (model_dir / PREDICTIONS_FILE).is_file():
+        raise EvaluationError(f"--report_only: {model_dir / PREDICTIONS_FILE} does not exist; run the evaluation first")
+    if (model_dir / RUN_CONFIG_FILE).is_file():
+        return json.loads((model_dir / RUN_CONFIG_FILE).read_text())
+    return {"model_path": model_path}
+
+
+def predict(
+    model_path: str,
+    source: ModelSource,
+    label: str,
+    samples: list[EvalSample],
+    model_dir: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Load one model, run it over the pending samples, free it again."""
     from ..inference import VideoChat
 
+    print(f"[{label}] loading {source.describe()}", file=sys.stderr, flush=True)
+    chat = VideoChat.from_pretrained(
+        model_path,
+        model_base=_base_for(model_path, args),
+        device=args.device,
+        dtype=args.dtype,
+        clip_path=args.clip_path,
+        videomamba_path=args.videomamba_path,
+    )
+    generation = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+    }
+    ran, skipped = run_predictions(chat, samples, model_dir, generation, args.retry_failed, not args.no_progress, label)
+    print(f"[{label}] {ran} sample(s) run, {skipped} already done", file=sys.stderr, flush=True)
+    del chat
+    _free_memory()
+
+
+def evaluate(args: argparse.Namespace) -> Path:
     models = args.model_path + ([args.compare] if args.compare else [])
     if args.labels and len(args.labels) != len(models):
         raise EvaluationError(f"--labels names {len(args.labels)} model(s) but {len(models)} are evaluated")
@@ -147,47 +191,19 @@ def evaluate(args: argparse.Namespace) -> Path:
     if not samples:
         raise EvaluationError(f"split file {args.split} holds no records")
     # Classify every model first: a wrong path fails before hours of generation for the others.
-    sources = [resolve_model_path(m, args.model_base if is_training_output(m) else None) for m in models]
+    sources = [] if args.report_only else [resolve_model_path(m, _base_for(m, args)) for m in models]
     labels = unique_labels(args.labels or [model_label(m) for m in models])
     output_dir = args.output_dir or DEFAULT_OUTPUT_ROOT / Path(args.split).stem / "_vs_".join(labels)
-    generation = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "seed": args.seed,
-    }
     meteor = meteor_scorer()
     runs = []
-    for model_path, source, label in zip(models, sources, labels, strict=True):
+    for i, (model_path, label) in enumerate(zip(models, labels, strict=True)):
         model_dir = output_dir / label
-        config = run_config(source, args)
         if args.report_only:
-            if not (model_dir / PREDICTIONS_FILE).is_file():
-                raise EvaluationError(
-                    f"--report_only: {model_dir / PREDICTIONS_FILE} does not exist; run the evaluation first"
-                )
-            config = (
-                json.loads((model_dir / RUN_CONFIG_FILE).read_text())
-                if (model_dir / RUN_CONFIG_FILE).is_file()
-                else config
-            )
+            config = recorded_run_config(model_dir, model_path)
         else:
+            config = run_config(sources[i], args)
             check_run_config(model_dir, config, args.overwrite)
-            print(f"[{label}] loading {source.describe()}", file=sys.stderr, flush=True)
-            chat = VideoChat.from_pretrained(
-                model_path,
-                model_base=args.model_base if source.is_training_checkpoint else None,
-                device=args.device,
-                dtype=args.dtype,
-                clip_path=args.clip_path,
-                videomamba_path=args.videomamba_path,
-            )
-            ran, skipped = run_predictions(
-                chat, samples, model_dir, generation, args.retry_failed, not args.no_progress, label
-            )
-            print(f"[{label}] {ran} sample(s) run, {skipped} already done", file=sys.stderr, flush=True)
-            del chat
-            _free_memory()
+            predict(model_path, sources[i], label, samples, model_dir, args)
         run = ModelRun(label, config, read_predictions(model_dir / PREDICTIONS_FILE))
         if not args.no_bertscore:
             pairs = completed_pairs(samples, run)

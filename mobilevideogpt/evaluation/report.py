@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class ModelRun:
     config: dict[str, Any]
     records: dict[str, dict[str, Any]]
     bertscore: BertScoreResult | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -134,7 +133,7 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
             "total_new_tokens": new_tokens,
             "stopped_at_max_new_tokens": sum(record.get("finish_reason") == "length" for _, record in pairs),
         },
-        "run": {**run.config, **run.extra},
+        "run": run.config,
         "per_sample": per_sample,
     }
 
