@@ -43,3 +43,23 @@ def mvgpt_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mobilevideogpt.model.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("mvgpt_tiny") / "checkpoint", seed=0)
+
+
+@pytest.fixture(scope="session")
+def mvgpt_fast_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint with the cheap `fast_geometry()` (4 frames of 112 px, 674 visual tokens), for
+    tests where the published geometry does not matter. Read-only."""
+    from mobilevideogpt.model.tiny import fast_geometry, save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("mvgpt_fast") / "checkpoint", seed=0, **fast_geometry())
+
+
+@pytest.fixture(scope="session")
+def mvgpt_trained_run(tmp_path_factory: pytest.TempPathFactory, mvgpt_fast_checkpoint: Path) -> Path:
+    """A training run folder whose `checkpoint-final/` (LoRA + projectors, both moved away from the base) sits
+    on `mvgpt_fast_checkpoint`, written by the trainer's save path (see tests/trained_checkpoint.py). Read-only."""
+    from tests.trained_checkpoint import make_training_checkpoint
+
+    run = tmp_path_factory.mktemp("mvgpt_run") / "qved_finetune_tiny"
+    make_training_checkpoint(mvgpt_fast_checkpoint, run)
+    return run
