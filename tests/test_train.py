@@ -250,3 +250,32 @@ def test_training_loss_skips_unsupervised_logits_but_equals_the_full_loss():
         n = int((labels[:, 1:] != IGNORE_INDEX).sum())
         scaled = model(**batch, num_items_in_batch=torch.tensor(2 * n))
         torch.testing.assert_close(scaled.loss, full.loss / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_final_loads_as_the_trained_model(fast_checkpoint, repeated_batch, tmp_path):
+    from transformers import HfArgumentParser
+
+    from mobilevideogpt.model.finetuned import load_model_and_tokenizer
+    from mobilevideogpt.train.arguments import DataArguments, ModelArguments, TrainingArguments
+    from mobilevideogpt.train.train import run
+
+    out = tmp_path / "run"
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    args = parser.parse_args_into_dataclasses([
+        "--model_name_or_path", str(fast_checkpoint), "--dataset_use", str(repeated_batch), "--output_dir", str(out),
+        "--use_cpu", "True", "--max_steps", "3", "--save_steps", "10", "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-2", "--mm_projector_lr", "1e-2", "--lora_r", "8", "--lora_alpha", "16",
+        "--model_max_length", "128", "--report_to", "none", "--dataloader_num_workers", "0", "--logging_steps", "1",
+    ])
+    trainer = run(*args)
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "images", "context_images")}
+    with torch.no_grad():
+        expected = trainer.model.eval()(**inputs).logits
+        base, _ = load_model_and_tokenizer(fast_checkpoint, device="cpu", dtype="float32")
+        before = base(**inputs).logits
+        loaded, tokenizer = load_model_and_tokenizer(out / "checkpoint-final", device="cpu", dtype="float32")
+        got = loaded(**inputs).logits
+    assert (expected - before).abs().max() > 1e-3, "training changed nothing"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert len(tokenizer) == len(trainer.processing_class)
