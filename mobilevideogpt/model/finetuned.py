@@ -29,7 +29,8 @@ import torch
 from safetensors import safe_open
 
 from ..train.checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT, NON_LORA_WEIGHTS, is_complete
-from .loading import CheckpointLoadError, first_line, preview
+from .loading import CheckpointLoadError, first_line
+from .state_dicts import diff_state_dicts, preview
 
 logger = logging.getLogger(__name__)
 
@@ -346,18 +347,14 @@ def apply_non_lora_weights(model: torch.nn.Module, path: str | os.PathLike) -> l
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     if not tensors:
         raise ModelLoadError(f"{path} holds no tensors; the checkpoint's projector weights were not saved")
-    unknown = sorted(k for k in tensors if k not in targets)
-    shapes = sorted(
-        f"{k} {tuple(v.shape)} vs model {tuple(targets[k].shape)}"
-        for k, v in tensors.items()
-        if k in targets and v.shape != targets[k].shape
-    )
-    if unknown or shapes:
+    # Only the trained subset is in the file: keys it lacks are fine, unknown keys and wrong shapes are not.
+    diff = diff_state_dicts(targets, tensors)
+    if diff.unexpected or diff.wrong_shape:
         problems = []
-        if unknown:
-            problems.append(f"{len(unknown)} key(s) not in the model: {preview(unknown)}")
-        if shapes:
-            problems.append(f"{len(shapes)} shape mismatch(es): {preview(shapes)}")
+        if diff.unexpected:
+            problems.append(f"{len(diff.unexpected)} key(s) not in the model: {preview(diff.unexpected)}")
+        if diff.wrong_shape:
+            problems.append(f"{len(diff.wrong_shape)} shape mismatch(es): {preview(diff.wrong_shape)}")
         raise ModelLoadError(
             f"{path} does not fit the base model ({'; '.join(problems)}); is --model_base the base it was trained from?"
         )
