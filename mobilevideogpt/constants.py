@@ -11,6 +11,7 @@ DEFAULT_VIDEO_TOKEN = "<video>"
 NUM_FRAMES = 16
 NUM_CONTEXT_IMAGES = 16
 CHUNK_SIZE = 8
+IMAGE_SIZE = 224  # both towers: 224 px → 14×14 patch grids
 NUM_SELECT_K_FRAMES_IN_CHUNK = 4
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."

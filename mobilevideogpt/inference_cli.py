@@ -18,6 +18,7 @@ import time
 import warnings
 
 from .data.video import VideoDecodeError, load_video_inputs
+from .model.loading import one_line
 from .model.finetuned import ModelLoadError, load_model_config, resolve_device, resolve_dtype, resolve_model_path
 
 JSON_FIELDS_HELP = """\
@@ -175,10 +176,6 @@ def run(args: argparse.Namespace) -> int:
     status(f"Prompt: {result.prompt}")
     status(_summary(result, frames))
     return 0
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:

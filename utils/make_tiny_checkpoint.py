@@ -14,7 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from mobilevideogpt.model.tiny import save_tiny_checkpoint
+# Use the package of this checkout even when it is not pip-installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mobilevideogpt.model.tiny import save_tiny_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mobilevideogpt.config import DatasetEntry
-from mobilevideogpt.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, NUM_FRAMES
+from mobilevideogpt.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_SIZE, IMAGE_TOKEN_INDEX, NUM_FRAMES
 from mobilevideogpt.data.paths import resolve_annotation_video
 from mobilevideogpt.conversation import conversation_segments, tokenize_conversation, turn_role_and_text
 
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 # 16 frames × 144 CLIP tokens + 2 chunks × 49 VideoMamba tokens: what one video becomes inside the LLM.
 DEFAULT_NUM_VISUAL_TOKENS = 2402
-DEFAULT_IMAGE_SIZE = 224
 
 # Skip reasons, as keys of `SupervisedVideoDataset.skipped`.
 NO_CONVERSATIONS = "no_conversations"
@@ -115,7 +114,7 @@ class SupervisedVideoDataset(Dataset):
         model_max_length: int = 2048,
         num_visual_tokens: int = DEFAULT_NUM_VISUAL_TOKENS,
         num_frames: int = NUM_FRAMES,
-        image_size: int = DEFAULT_IMAGE_SIZE,
+        image_size: int = IMAGE_SIZE,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         video_loader: Callable | None = None,
         seed: int = 0,

@@ -21,12 +21,11 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from mobilevideogpt.constants import NUM_FRAMES
+from mobilevideogpt.constants import IMAGE_SIZE, NUM_FRAMES
 from mobilevideogpt.data.transforms import clip_transform, videomamba_transform
 
 BACKEND_ENV_VAR = "MOBILEVIDEOGPT_VIDEO_BACKEND"
 BACKENDS = ("decord", "opencv")
-IMAGE_SIZE = 224
 
 
 class VideoDecodeError(RuntimeError):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..constants import DEFAULT_SYSTEM_PROMPT
 from ..model.finetuned import ModelLoadError, ModelSource, is_training_output, resolve_model_path
-from ..train.checkpoints import COMPLETE_MARKER
+from ..model.loading import one_line
+from ..train.checkpoints import COMPLETE_MARKER, is_complete
 from .bertscore import DEFAULT_BERTSCORE_MODEL, bertscore_f1
 from .metrics import meteor_scorer
 from .predictions import (
@@ -105,7 +106,7 @@ def unique_labels(labels: list[str]) -> list[str]:
 
 
 def _marker(source: ModelSource) -> str | None:
-    if source.checkpoint is None or not (source.checkpoint / COMPLETE_MARKER).is_file():
+    if source.checkpoint is None or not is_complete(source.checkpoint):
         return None
     return (source.checkpoint / COMPLETE_MARKER).read_text().strip()
 
@@ -239,6 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluationError, ModelLoadError, ValueError) as err:
         if args.debug:
             raise
-        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     return 0

@@ -44,10 +44,6 @@ class CLIPImageTower(FrozenAwareModule):
         return self.vision_tower.vision_model.config
 
     @property
-    def num_patches(self) -> int:
-        return (self.config.image_size // self.config.patch_size) ** 2
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
 

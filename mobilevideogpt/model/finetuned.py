@@ -28,8 +28,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from ..train.checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT, NON_LORA_WEIGHTS, is_complete
-from .loading import CheckpointLoadError, first_line
+from ..train.checkpoints import (
+    COMPLETE_MARKER,
+    FINAL_CHECKPOINT,
+    NON_LORA_WEIGHTS,
+    is_complete,
+    latest_complete_checkpoint,
+    step_checkpoints,
+)
+from .loading import CheckpointLoadError, first_line, one_line
 from .state_dicts import diff_state_dicts, preview
 
 logger = logging.getLogger(__name__)
@@ -146,30 +153,20 @@ def is_training_output(model_path: str | os.PathLike) -> bool:
     if not path.is_dir():
         return False
     return _is_training_folder(path) or (
-        not _has_model_weights(path) and bool(_step_checkpoints(path) or (path / FINAL_CHECKPOINT).is_dir())
+        not _has_model_weights(path) and bool(step_checkpoints(path) or (path / FINAL_CHECKPOINT).is_dir())
     )
-
-
-def _step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for child in run_dir.iterdir():
-        prefix, _, step = child.name.partition("-")
-        if prefix == "checkpoint" and step.isdigit() and child.is_dir():
-            found.append((int(step), child))
-    return sorted(found)
 
 
 def _pick_run_checkpoint(run_dir: Path) -> tuple[Path, str]:
     """checkpoint-final when complete, else the latest complete checkpoint-N; the note says which and why."""
     final = run_dir / FINAL_CHECKPOINT
-    steps = _step_checkpoints(run_dir)
     if final.is_dir() and is_complete(final):
         return final, f"{run_dir} is a training run: using {FINAL_CHECKPOINT}"
-    complete = [path for _, path in steps if is_complete(path)]
-    if complete:
+    latest = latest_complete_checkpoint(run_dir)
+    if latest is not None:
         why = f"{FINAL_CHECKPOINT} is incomplete" if final.is_dir() else f"it has no {FINAL_CHECKPOINT}"
-        return complete[-1], f"{run_dir} is a training run and {why}: using the latest complete {complete[-1].name}"
-    if final.is_dir() or steps:
+        return latest, f"{run_dir} is a training run and {why}: using the latest complete {latest.name}"
+    if final.is_dir() or step_checkpoints(run_dir):
         raise ModelLoadError(
             f"{run_dir} holds no complete checkpoint (none has its {COMPLETE_MARKER} marker: training was "
             "interrupted while saving); rerun training or resume it with `bash scripts/finetune_qved.sh --resume`"
@@ -299,8 +296,6 @@ def load_model_config(source: ModelSource):
     token-pipeline fields such as k / topk) when it has one, else the base model's."""
     from transformers import AutoConfig
 
-    import mobilevideogpt  # noqa: F401  (registers the Auto classes)
-
     where = (
         source.checkpoint
         if source.checkpoint is not None and (source.checkpoint / "config.json").is_file()
@@ -328,7 +323,7 @@ def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str 
             source.base, config=config, dtype=torch.float32, clip_path=clip_path, videomamba_path=videomamba_path
         )
     except CheckpointLoadError as err:
-        raise ModelLoadError(" ".join(line.strip() for line in str(err).splitlines())) from err
+        raise ModelLoadError(one_line(err)) from err
     except (OSError, ValueError) as err:
         raise ModelLoadError(_hub_hint(source, err)) from err
     model.config.use_cache = True

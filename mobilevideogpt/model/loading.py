@@ -268,3 +268,8 @@ def check_same_layout(expected: dict[str, torch.Tensor], state: dict[str, torch.
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def one_line(err: BaseException) -> str:
+    """The whole message on one line, for CLIs that print a single `error: …` line."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__

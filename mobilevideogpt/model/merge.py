@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .loading import one_line
 from .finetuned import (
     ModelLoadError,
     assemble_model,
@@ -33,7 +34,7 @@ MERGE_INFO = "merge_info.json"
 
 
 def saved_dtype(config) -> torch.dtype:
-    """The dtype the base checkpoint was saved in (fp32 when it does not say)."""
+    """The dtype `config` records (the training dtype for a training checkpoint; fp32 when it does not say)."""
     value = getattr(config, "dtype", None)
     if isinstance(value, torch.dtype):
         return value
@@ -53,7 +54,7 @@ def merge_checkpoint(
 ) -> Path:
     """Write the standalone model for `model_path` (a training checkpoint or run folder) to `out_dir`.
 
-    dtype "auto" keeps the dtype the base checkpoint was saved in. Raises `ModelLoadError` for unusable
+    dtype "auto" keeps the dtype the checkpoint's config records (training writes its training dtype). Raises `ModelLoadError` for unusable
     checkpoints and `FileExistsError` when `out_dir` holds files (unless `overwrite`).
     """
     source = resolve_model_path(model_path, model_base)
@@ -64,10 +65,8 @@ def merge_checkpoint(
     out = Path(out_dir)
     if out.resolve() in (source.checkpoint.resolve(), Path(source.base).resolve()):
         raise ModelLoadError(f"--out {out} is the checkpoint or its base; choose a new folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
 
     target_dtype = saved_dtype(load_model_config(source)) if dtype in (None, "", "auto") else resolve_dtype(dtype)
     model = assemble_model(source, clip_path, videomamba_path, merge=True)
@@ -75,6 +74,9 @@ def merge_checkpoint(
     model.config.dtype = target_dtype
     tokenizer = load_tokenizer(source)
 
+    # Only now that the new model exists may an old export be replaced.
+    if out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -101,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
     parser.add_argument("--model_base", "--model-base", help="base model (default: recorded in adapter_config.json)")
-    parser.add_argument("--dtype", default="auto", help="auto (the base checkpoint's dtype), fp32, bf16, fp16")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (the dtype the checkpoint records: the training dtype), fp32, bf16, fp16"
+    )
     parser.add_argument("--clip_path", "--clip-path", help="CLIP weights when the base lacks them")
     parser.add_argument("--videomamba_path", "--videomamba-path", help="VideoMamba .pth when the base lacks it")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_path, args.out, args.model_base, args.dtype, args.clip_path, args.videomamba_path, args.overwrite
         )
     except (ModelLoadError, FileExistsError) as err:
-        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 1
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"Wrote standalone model to {out} ({size / 2**20:.1f} MiB); load it with --model_path {out}")

@@ -34,7 +34,6 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         super().__init__(config)
         if not config.has_vision:
             return
-        check_token_pipeline(config)
         video_config, clip_config = config.videomamba(), config.clip_vision()
         self.vision_tower = VideoMambaTower(video_config)
         self.image_vision_tower = CLIPImageTower(
@@ -173,9 +172,11 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
         sequence of length L + Σ(visual tokens − placeholders). Without placeholders and videos this is
         the plain Qwen2 forward.
         """
-        has_slots = input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any())
+        # Decode steps of `generate` feed only new tokens: skip the placeholder search (a host sync per token).
+        decoding = cache is not None and cache.get_seq_length() > 0
+        has_slots = not decoding and input_ids is not None and bool((input_ids == IMAGE_TOKEN_INDEX).any())
         if inputs_embeds is None and (has_slots or images is not None):
-            if cache is not None and cache.get_seq_length() > 0:
+            if decoding:
                 raise ValueError("Videos can only be spliced into the first forward pass (the cache is not empty)")
             spliced = self.model.prepare_multimodal_inputs(
                 input_ids, attention_mask, labels, images, context_images, infer_padding_side(attention_mask)

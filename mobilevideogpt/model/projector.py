@@ -88,7 +88,6 @@ class EfficientTokenProjector(nn.Module):
         super().__init__()
         if kind not in ETP_POOL_SIDE:
             raise ValueError(f"Unknown projector kind {kind!r}; expected one of {sorted(ETP_POOL_SIDE)}")
-        self.kind = kind
         self.pool_side = ETP_POOL_SIDE[kind]
         self.mlp = DenseMLP(in_dim, out_dim)
         self.dwn = nn.AdaptiveAvgPool2d(self.pool_side)
@@ -97,10 +96,6 @@ class EfficientTokenProjector(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.mlp.mlp[0].weight.dtype
-
-    @property
-    def num_output_tokens(self) -> int:
-        return self.pool_side * self.pool_side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, S, in_dim) → (N, pool_side², out_dim).

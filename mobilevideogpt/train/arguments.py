@@ -40,7 +40,7 @@ class DataArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(default=2048, metadata={"help": "Max tokens per sample, visual tokens included."})
+    model_max_length: int = field(default=2048, metadata={"help": "Max text tokens per sample; each video's visual tokens come on top."})
     lora_enable: bool = field(default=True, metadata={"help": "Train LoRA adapters on the LLM's linear layers."})
     lora_r: int = 64
     lora_alpha: int = 128

@@ -29,14 +29,16 @@ def is_complete(checkpoint_dir: str | Path) -> bool:
     return (Path(checkpoint_dir) / COMPLETE_MARKER).is_file()
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete `checkpoint-N` with the highest N, or None."""
+def step_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of a run, complete or not, by ascending N."""
     root = Path(output_dir)
     if not root.is_dir():
-        return None
-    steps = []
-    for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and child.is_dir() and is_complete(child):
-            steps.append((int(match.group(1)), child))
-    return max(steps)[1] if steps else None
+        return []
+    steps = [(int(m.group(1)), child) for child in root.iterdir() if (m := _STEP_DIR.match(child.name)) and child.is_dir()]
+    return [path for _, path in sorted(steps)]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete `checkpoint-N` with the highest N, or None."""
+    complete = [path for path in step_checkpoints(output_dir) if is_complete(path)]
+    return complete[-1] if complete else None

@@ -59,7 +59,7 @@ class MobileVideoGPTTrainer(Trainer):
         names = non_lora_trainable_names(model)
         if names:
             # Under ZeRO-3 `state_dict` is the gathered (16-bit) copy of the trainable weights; otherwise read the model.
-            source = state_dict if state_dict else {n: p for n, p in model.named_parameters()}
+            source = state_dict if state_dict is not None else dict(model.named_parameters())
             missing = [n for n in names if n not in source]
             if missing:
                 raise RuntimeError(f"Trainable weights absent from the saved state: {missing[:5]}")
