@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mobilevideogpt.model.configuration import MobileVideoGPTQwenConfig
+from mobilevideogpt.model.finetuned import resolve_device, resolve_dtype
 from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
 from mobilevideogpt.model.tiny import tiny_config
 from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
@@ -31,14 +32,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--text-len", type=int, default=64, help="text tokens per sample (besides visual tokens)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
     parser.add_argument("--lora-r", type=int, default=64)
     args = parser.parse_args()
 
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     config = MobileVideoGPTQwenConfig.published() if args.full_size else tiny_config()
     torch.manual_seed(0)
     model = MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype)

@@ -168,8 +168,13 @@ def tokenize_conversation(
     are tokenized as one string, which keeps the prompt's tokens identical to
     `tokenize_with_placeholders(render_prompt(question), tokenizer)`.
     """
+    return tokenize_segments(conversation_segments(conversations, system, has_video), tokenizer)
+
+
+def tokenize_segments(segments: Sequence[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of rendered `conversation_segments` (see `tokenize_conversation`)."""
     merged: list[tuple[str, bool]] = []
-    for text, supervised in conversation_segments(conversations, system, has_video):
+    for text, supervised in segments:
         if merged and merged[-1][1] == supervised:
             merged[-1] = (merged[-1][0] + text, supervised)
         else:

@@ -29,36 +29,17 @@ from transformers import TextStreamer
 
 from .constants import DEFAULT_SYSTEM_PROMPT
 from .conversation import STOP_STRING, render_prompt, tokenize_with_placeholders
-from .data.qved import PROMPT_TEMPLATE, QVED_EXERCISES
+from .data.qved import PROMPT_TEMPLATE, QVED_CLASSES
 from .data.video import VideoInputs, load_video_inputs
 from .model.finetuned import ModelSource, load_for_inference
 
 GENERIC_EXERCISE = "exercise"
-# The guide's six classes and the current QVED release's fourteen (fact sheet §10.6).
-KNOWN_EXERCISE_CLASSES = frozenset(QVED_EXERCISES) | frozenset(
-    {
-        "alternating_single_leg_glutes_bridge",
-        "cat-cow_pose",
-        "elbow_plank",
-        "glute_hamstring_walkout",
-        "glutes_bridge",
-        "heel_lift",
-        "high_plank",
-        "lunges_leg_out_in_front",
-        "opposite_arm_and_leg_lifts_on_knees",
-        "pushups",
-        "side_plank",
-        "squats",
-        "toe_touch",
-        "tricep_stretch",
-    }
-)
 
 
 def exercise_from_path(video_path: str | os.PathLike) -> str | None:
     """The exercise named by the video's folder when it is a known QVED class (`squats/x.mp4` → "squats")."""
     folder = Path(video_path).parent.name
-    return folder.replace("_", " ") if folder in KNOWN_EXERCISE_CLASSES else None
+    return folder.replace("_", " ") if folder in QVED_CLASSES else None
 
 
 def default_prompt(exercise: str | None = None) -> str:

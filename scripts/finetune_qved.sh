@@ -177,5 +177,4 @@ if [[ $DRY_RUN == 1 ]]; then
   exit 0
 fi
 mkdir -p "$OUTPUT_DIR"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "${CMD[@]}"

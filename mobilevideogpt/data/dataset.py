@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from mobilevideogpt.config import DatasetEntry
 from mobilevideogpt.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_SIZE, IMAGE_TOKEN_INDEX, NUM_FRAMES
 from mobilevideogpt.data.paths import resolve_annotation_video
-from mobilevideogpt.conversation import conversation_segments, tokenize_conversation, turn_role_and_text
+from mobilevideogpt.conversation import conversation_segments, tokenize_segments, turn_role_and_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ def truncate_sample(
 
 @dataclass(frozen=True)
 class _Record:
-    conversations: list
+    segments: list[tuple[str, bool]]  # rendered once at construction (conversation.conversation_segments)
+    words: int  # cheap length for length-grouped samplers
     video: str | None
     source: str  # "file.json#index", for messages
 
@@ -145,7 +146,6 @@ class SupervisedVideoDataset(Dataset):
                 "its prompt (the LLM sequence length counts the visual tokens), so every video sample would be "
                 f"skipped; use at least {num_visual_tokens + 128}"
             )
-        self._word_lengths = [sum(len(turn_role_and_text(t)[1].split()) for t in r.conversations) for r in self.records]
 
     def _read_annotations(self, entry: DatasetEntry | Mapping) -> None:
         annotation_path = _annotation_path(entry)
@@ -183,7 +183,8 @@ class SupervisedVideoDataset(Dataset):
                 dropped[NO_ANSWER].append(index)
                 continue
             video_path = str(resolve_annotation_video(video, annotation_path)) if video is not None else None
-            self.records.append(_Record(conversations, video_path, f"{annotation_path}#{index}"))
+            words = sum(len(turn_role_and_text(turn)[1].split()) for turn in conversations)
+            self.records.append(_Record(segments, words, video_path, f"{annotation_path}#{index}"))
         self.num_records_read += len(data)
         for reason, indices in dropped.items():
             if indices:
@@ -204,15 +205,12 @@ class SupervisedVideoDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Rough token count per sample (words + visual tokens) for length-grouped sampling; no decoding."""
-        return [
-            n + (self.num_visual_tokens if r.video is not None else 0)
-            for n, r in zip(self._word_lengths, self.records, strict=True)
-        ]
+        return [r.words + (self.num_visual_tokens if r.video is not None else 0) for r in self.records]
 
     @property
     def modality_lengths(self) -> list[int]:
         """Word counts, positive for video samples and negative for text-only ones (modality-grouped sampling)."""
-        return [n if r.video is not None else -n for n, r in zip(self._word_lengths, self.records, strict=True)]
+        return [r.words if r.video is not None else -r.words for r in self.records]
 
     def skip_summary(self) -> str:
         """One line: how many samples this process skipped, by reason."""
@@ -267,7 +265,7 @@ class SupervisedVideoDataset(Dataset):
     def _build(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
         has_video = record.video is not None
-        input_ids, labels = tokenize_conversation(record.conversations, self.tokenizer, self.system_prompt, has_video)
+        input_ids, labels = tokenize_segments(record.segments, self.tokenizer)
         try:
             input_ids, labels = truncate_sample(input_ids, labels, self.model_max_length, self.num_visual_tokens)
         except SampleTooLongError as e:

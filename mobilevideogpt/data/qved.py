@@ -49,6 +49,22 @@ QVED_EXERCISES = (
     "squats",
     "tricep_stretch",
 )
+# Every exercise class known: the guide's six and the current QVED release's fourteen (fact sheet §10.6).
+QVED_CLASSES = frozenset(QVED_EXERCISES) | frozenset(
+    {
+        "alternating_single_leg_glutes_bridge",
+        "cat-cow_pose",
+        "elbow_plank",
+        "glute_hamstring_walkout",
+        "glutes_bridge",
+        "heel_lift",
+        "high_plank",
+        "lunges_leg_out_in_front",
+        "pushups",
+        "side_plank",
+        "toe_touch",
+    }
+)
 PROMPT_TEMPLATE = "Analyze this {exercise} video and provide corrective feedback."
 SPLITS = ("train", "val", "test")
 SPLIT_FILES = {split: f"qved_{split}.json" for split in SPLITS}

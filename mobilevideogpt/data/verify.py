@@ -93,11 +93,10 @@ class Report:
             print(f"         ... and {len(items) - MAX_LISTED} more", file=self.out)
 
 
-def _json_file(report: Report, path: Path, what: str, required: bool = True) -> Any | None:
+def _json_file(report: Report, path: Path, what: str) -> Any | None:
     """Parse a JSON file; report missing/invalid ones. Returns None when unusable."""
     if not path.is_file():
-        if required:
-            report.add(FAIL, f"{path.name} missing ({what}): {path}")
+        report.add(FAIL, f"{path.name} missing ({what}): {path}")
         return None
     try:
         return load_json(path, what)

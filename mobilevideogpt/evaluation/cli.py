@@ -161,8 +161,10 @@ def predict(
     from ..inference import VideoChat
 
     print(f"[{label}] loading {source.describe()}", file=sys.stderr, flush=True)
+    # The checkpoint classified (and recorded in run_config.json) above, not the run folder again: a training
+    # run that saves meanwhile must not switch the predictions to another checkpoint.
     chat = VideoChat.from_pretrained(
-        model_path,
+        source.checkpoint if source.checkpoint is not None else model_path,
         model_base=_base_for(model_path, args),
         device=args.device,
         dtype=args.dtype,

@@ -134,6 +134,11 @@ def check_run_config(output_dir: Path, config: dict[str, Any], overwrite: bool) 
     path.write_text(json.dumps(config, indent=2))
 
 
+def record_matches(sample: EvalSample, record: dict[str, Any] | None) -> bool:
+    """A stored record belongs to `sample` when it was made for the same video and prompt."""
+    return record is not None and record.get("video") == sample.video and record.get("prompt") == sample.prompt
+
+
 def pending_samples(
     samples: Iterable[EvalSample], done: dict[str, dict[str, Any]], retry_failed: bool
 ) -> list[EvalSample]:
@@ -141,8 +146,7 @@ def pending_samples(
     todo = []
     for sample in samples:
         record = done.get(sample.id)
-        same = record is not None and record.get("video") == sample.video and record.get("prompt") == sample.prompt
-        if not same or (retry_failed and record.get("status") != "ok"):
+        if not record_matches(sample, record) or (retry_failed and record.get("status") != "ok"):
             todo.append(sample)
     return todo
 
@@ -187,7 +191,7 @@ def run_predictions(
     path = output_dir / PREDICTIONS_FILE
     done = read_predictions(path)
     todo = pending_samples(samples, done, retry_failed)
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+    if path.is_file() and path.stat().st_size and not _ends_with_newline(path):
         # The last write was cut short: start the next record on its own line.
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("\n")
@@ -204,3 +208,9 @@ def run_predictions(
             bar.set_postfix(failed=failed)
             bar.update()
     return len(todo), len(samples) - len(todo)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"

@@ -17,7 +17,7 @@ from typing import Any
 
 from .bertscore import BertScoreResult
 from .metrics import MeteorScorer, exercise_match, rouge_l
-from .predictions import EvalSample
+from .predictions import EvalSample, record_matches
 
 METRIC_DEFINITIONS = {
     "exercise_accuracy_exact": "share of answers whose text before the first ' - ' (lower-cased) equals the "
@@ -55,12 +55,7 @@ def completed_pairs(samples: list[EvalSample], run: ModelRun) -> list[tuple[Eval
     pairs = []
     for sample in samples:
         record = run.records.get(sample.id)
-        if (
-            record is not None
-            and record.get("status") == "ok"
-            and record.get("video") == sample.video
-            and record.get("prompt") == sample.prompt
-        ):
+        if record_matches(sample, record) and record.get("status") == "ok":
             pairs.append((sample, record))
     return pairs
 
