@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from mobilevideogpt.data.sample_dataset import SampleVideoSpec, render_frames, write_video
-from mobilevideogpt.inference import VideoChat
-from mobilevideogpt.model.finetuned import resolve_device, resolve_dtype
+from mobilevideogpt.chat import VideoChat
+from mobilevideogpt.qved.sample_dataset import SampleVideoSpec, render_frames, write_video
+from mobilevideogpt.runtime import resolve_device, resolve_dtype
 
 PAPER_TOKENS_PER_S = 45.9
+PROMPT = "Analyze this exercise video and provide corrective feedback."
 
 
 def synthetic_video(folder: Path) -> Path:
@@ -56,7 +57,7 @@ def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     runs = []
     for i in range(args.runs + 1):
-        result = chat.answer(video, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+        result = chat.answer(video, PROMPT, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
         if i:  # the first run warms up kernels and caches
             runs.append(result.timings)
     median = statistics.median

@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mobilevideogpt.model.configuration import MobileVideoGPTQwenConfig
-from mobilevideogpt.model.finetuned import resolve_device, resolve_dtype
+from mobilevideogpt.runtime import resolve_device, resolve_dtype
 from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
 from mobilevideogpt.model.tiny import tiny_config
 from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
@@ -81,8 +81,8 @@ def main() -> None:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     seq = args.text_len - 1 + config.visual_tokens_per_video
     print(f"{'full-size 0.5B' if args.full_size else 'tiny'} Mobile-VideoGPT, {dtype}, {where}")
-    print(f"| batch | sequence | trainable params | median step (s) | peak memory |")
-    print(f"|------:|---------:|-----------------:|----------------:|-------------|")
+    print("| batch | sequence | trainable params | median step (s) | peak memory |")
+    print("|------:|---------:|-----------------:|----------------:|-------------|")
     print(f"| {args.batch:5d} | {seq:8d} | {trainable:16,} | {statistics.median(times):15.3f} | {peak} |")
 
 

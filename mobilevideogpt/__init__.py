@@ -3,11 +3,13 @@
 Importing the package registers "MobileVideoGPT_qwen" with transformers' `AutoConfig` and
 `AutoModelForCausalLM` (imports only; no model is built and nothing is downloaded).
 
-Inference entry points, imported on first use:
+The library's entry points, imported on first use:
 
     from mobilevideogpt import VideoChat, load_model_and_tokenizer
     chat = VideoChat.from_pretrained("results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final")
-    print(chat.answer("dataset/squats/00093026.mp4").text)
+    print(chat.answer("dataset/squats/00093026.mp4", "What is the person doing?").text)
+
+The applications over it are the `mvgpt` command (`mobilevideogpt.cli`) and the QVED code (`mobilevideogpt.qved`).
 """
 
 from importlib import import_module
@@ -18,13 +20,12 @@ __version__ = "0.1.0"
 
 # name → module that defines it; loaded lazily so `import mobilevideogpt` stays light.
 _LAZY = {
-    "VideoChat": ".inference",
-    "ChatResult": ".inference",
-    "Timings": ".inference",
-    "default_prompt": ".inference",
-    "load_model_and_tokenizer": ".model.finetuned",
-    "ModelLoadError": ".model.finetuned",
-    "merge_checkpoint": ".model.merge",
+    "VideoChat": ".chat",
+    "ChatResult": ".chat",
+    "Timings": ".chat",
+    "load_model_and_tokenizer": ".model.assemble",
+    "ModelLoadError": ".errors",
+    "merge_checkpoint": ".export",
 }
 
 __all__ = ["MobileVideoGPTQwenConfig", "MobileVideoGPTQwenForCausalLM", "__version__", *_LAZY]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mobilevideogpt.data.sample_dataset import make_sample_dataset
+from mobilevideogpt.qved.sample_dataset import make_sample_dataset
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ from torch.utils.data import DataLoader
 
 from mobilevideogpt.config import resolve_datasets
 from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mobilevideogpt.conversation import tokenize_conversation
 from mobilevideogpt.data.collator import VideoSFTCollator
 from mobilevideogpt.data.dataset import (
     SampleTooLongError,
     SupervisedVideoDataset,
     truncate_sample,
 )
+from mobilevideogpt.processing import parse_conversation, tokenize_segments
 
 T, SIZE = 4, 8  # tiny frame stacks keep the tests fast
 
@@ -74,7 +74,8 @@ def make_dataset(root, records, tokenizer, **kwargs):
 def test_item_contents(tmp_path, qwen25_tokenizer):
     ds = make_dataset(tmp_path, [record("ok1"), record("text", video=False)], qwen25_tokenizer)
     item = ds[0]
-    ids, labels = tokenize_conversation(record("ok1")["conversations"], qwen25_tokenizer)
+    conversation = parse_conversation(record("ok1")["conversations"], "ok1.mp4")
+    ids, labels = tokenize_segments(conversation.segments(), qwen25_tokenizer)
     assert item["input_ids"].dtype == item["labels"].dtype == torch.long
     assert item["input_ids"].tolist() == ids and item["labels"].tolist() == labels
     assert (item["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1
@@ -115,7 +116,7 @@ def test_records_without_conversations_skipped_and_counted(tmp_path, qwen25_toke
             '[{"conversations": [{"from": "human", "value": "<video> q"}, {"from": "gpt", "value": "a"}]}]',
             r"record 0: .*no video",
         ),
-        ('[{"conversations": [{"from": "robot", "value": "q"}]}]', r"record 0: unknown conversation role"),
+        ('[{"conversations": [{"from": "robot", "value": "q"}]}]', r"record 0: turn 0: unknown conversation role"),
         ('[{"image": "a.jpg", "conversations": [{"from": "human", "value": "q"}]}]', r"record 0: image samples"),
     ],
 )
@@ -124,7 +125,7 @@ def test_bad_annotations_name_file_and_record(tmp_path, qwen25_tokenizer, conten
     path.parent.mkdir()
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        SupervisedVideoDataset(resolve_datasets("QVED_TRAIN", root=tmp_path), qwen25_tokenizer)
+        SupervisedVideoDataset(resolve_datasets("QVED_TRAIN", root=tmp_path), qwen25_tokenizer, num_visual_tokens=10)
 
 
 def test_failing_video_skipped_counted_and_replaced(tmp_path, qwen25_tokenizer, caplog):
@@ -218,15 +219,6 @@ def test_max_length_without_room_for_the_video_is_an_early_error(tmp_path, qwen2
         make_dataset(tmp_path, [record("ok0")], qwen25_tokenizer, model_max_length=2048, num_visual_tokens=2402)
     # Text-only data is fine with any length.
     make_dataset(tmp_path, [record("t", video=False)], qwen25_tokenizer, model_max_length=64, num_visual_tokens=2402)
-
-
-def test_lengths_need_no_decoding(tmp_path, qwen25_tokenizer):
-    ds = make_dataset(tmp_path, [record("ok0"), record("text", video=False)], qwen25_tokenizer, num_visual_tokens=100)
-    words = [len(t["value"].split()) for t in record("ok0")["conversations"]]
-    text_words = [len(t["value"].split()) for t in record("text")["conversations"]]
-    assert ds.lengths == [sum(words) + 100, sum(text_words)]
-    assert ds.modality_lengths == [sum(words), -sum(text_words)]
-    assert ds.video_loader.calls == []
 
 
 def test_dataloader_with_workers_and_collator(tmp_path, qwen25_tokenizer):

@@ -168,7 +168,7 @@ def test_config_defaults_are_the_published_pipeline():
 
 
 def test_config_reads_published_fields_and_ignores_mm_hidden_size():
-    # Field values as the published config.json is expected to carry them (fact sheet §1.3); extra
+    # Field values as the published config.json is expected to carry them (upstream `arch.py::initialize_vision_modules` and `train/train.py`); extra
     # informational fields pass through.
     cfg = MobileVideoGPTQwenConfig(
         hidden_size=64,

@@ -24,16 +24,30 @@ def test_two_setup_commands_are_what_ci_runs():
     assert 'pip install -q -e ".[dev]"' in ci and "pytest" in ci
 
 
-def test_every_script_the_readme_names_exists():
-    named = set(re.findall(r"(?:python|bash) ((?:scripts|utils|benchmarks)/\S+|inference\.py)", README))
+def test_every_script_and_command_the_readme_names_exists():
+    named = set(re.findall(r"(?:python|bash) ((?:scripts|utils|benchmarks)/[^\s`]+|inference\.py)", README))
     assert {"scripts/finetune_qved.sh", "scripts/verify_qved_setup.sh", "utils/qved_from_fine_labels.py",
             "inference.py"} <= named
     missing = sorted(path for path in named if not (REPO / path).is_file())
     assert not missing, missing
+    from mobilevideogpt.cli import COMMANDS
+
+    commands = set(re.findall(r"`mvgpt ([a-z][a-z-]*)", README))
+    assert commands == set(COMMANDS), commands ^ set(COMMANDS)
+
+
+def test_the_main_job_follows_the_setup():
+    assert code_blocks()[1].strip() == "mvgpt demo"
+
+
+def test_layout_names_what_is_there():
+    layout = README.split("## Layout", 1)[1]
+    for name in re.findall(r"^  ([a-z_]+(?:/|\.py))", layout, flags=re.M):
+        assert (REPO / "mobilevideogpt" / name.rstrip("/")).exists(), name
 
 
 def test_quick_start_trains_and_the_result_answers(tmp_path):
-    """`bash scripts/finetune_qved.sh --demo` (shortened to 2 steps), then inference on its output."""
+    """`bash scripts/finetune_qved.sh --demo` (= `mvgpt demo`, shortened to 2 steps), then inference on its output."""
     env = {**os.environ, "PYTHON": sys.executable, "DEMO_DIR": str(tmp_path / "demo"),
            "MASTER_PORT": str(29700 + os.getpid() % 200), "TOKENIZERS_PARALLELISM": "false"}
     train = subprocess.run(["bash", "scripts/finetune_qved.sh", "--demo", "--", "--max_steps", "2"],

@@ -7,14 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mobilevideogpt.train.checkpoints import COMPLETE_MARKER, NON_LORA_WEIGHTS, latest_complete_checkpoint, mark_complete
+from mobilevideogpt.checkpoints import COMPLETE_MARKER, NON_LORA_WEIGHTS, latest_complete_checkpoint
+from mobilevideogpt.train.launch import launcher_command
 from mobilevideogpt.train.plots import plot_loss_curve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +47,7 @@ def free_port() -> int:
 
 
 def train(ranks: int, checkpoint: Path, annotation: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(free_port()),
-        "mobilevideogpt/train/train.py",
+    trainer_args = [
         "--deepspeed", "scripts/zero3.json",
         "--model_name_or_path", str(checkpoint),
         "--dataset_use", str(annotation),
@@ -67,7 +65,8 @@ def train(ranks: int, checkpoint: Path, annotation: Path, out: Path, *extra: str
         "--seed", "7",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = launcher_command(trainer_args, num_gpus=ranks, master_port=free_port())
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -135,17 +134,6 @@ def test_resume_matches_an_uninterrupted_run(fast_checkpoint, repeated_batch, tm
     assert losses(resumed)[-2:] == pytest.approx(losses(whole)[-2:], rel=1e-5)
 
 
-def test_incomplete_checkpoints_are_never_latest(tmp_path):
-    for step in (2, 10, 4):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    mark_complete(tmp_path / "checkpoint-2", 2)
-    mark_complete(tmp_path / "checkpoint-4", 4)
-    (tmp_path / "checkpoint-final").mkdir()
-    mark_complete(tmp_path / "checkpoint-final", 12)
-    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
-    assert latest_complete_checkpoint(tmp_path / "missing") is None
-
-
 def test_optimizer_puts_projectors_in_their_own_learning_rate_group(tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -194,39 +182,6 @@ def test_loss_curve_png(tmp_path):
     assert plot_loss_curve([{"step": 1, "learning_rate": 0.1}], tmp_path / "none.png") is None
 
 
-def run_script(*args: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", "scripts/finetune_qved.sh", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_script_defaults_are_the_guides_table():
-    result = run_script("--dry-run")
-    assert result.returncode == 0, result.stderr
-    cmd = result.stdout.strip().splitlines()[-1]
-    for flag in (
-        "--model_name_or_path Amshaker/Mobile-VideoGPT-0.5B", "--num_train_epochs 10", "--learning_rate 1e-4",
-        "--mm_projector_lr 2e-5", "--lora_r 64", "--lora_alpha 128", "--per_device_train_batch_size 4",
-        "--gradient_accumulation_steps 4", "--model_max_length 2048", "--deepspeed scripts/zero3.json",
-        "--save_steps 50", "--output_dir results/qved_finetune_mobilevideogpt_0.5B", "--dataset_use QVED_TRAIN",
-    ):
-        assert flag in cmd, flag
-    assert json.loads((REPO / "scripts" / "zero3.json").read_text())["zero_optimization"]["stage"] == 3
-
-
-def test_script_overrides_and_help():
-    result = run_script("--dry-run", "--", "--max_steps", "3", BATCH="1", GACC="16", MAXLEN="1024", EPOCHS="2")
-    cmd = result.stdout.strip().splitlines()[-1]
-    for flag in ("--per_device_train_batch_size 1", "--gradient_accumulation_steps 16", "--model_max_length 1024",
-                 "--num_train_epochs 2", "--max_steps 3"):
-        assert flag in cmd, flag
-    help_text = run_script("--help").stdout
-    for name in ("BATCH", "GACC", "MAXLEN", "--demo", "--resume", "HOSTFILE"):
-        assert name in help_text
-    bad = run_script("--bogus")
-    assert bad.returncode == 2 and "unknown option '--bogus'" in bad.stderr
-
-
 def test_training_loss_skips_unsupervised_logits_but_equals_the_full_loss():
     from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
     from mobilevideogpt.model.tiny import build_tiny_model, fast_geometry
@@ -255,9 +210,9 @@ def test_training_loss_skips_unsupervised_logits_but_equals_the_full_loss():
 def test_checkpoint_final_loads_as_the_trained_model(fast_checkpoint, repeated_batch, tmp_path):
     from transformers import HfArgumentParser
 
-    from mobilevideogpt.model.finetuned import load_model_and_tokenizer
+    from mobilevideogpt.model.assemble import load_model_and_tokenizer
     from mobilevideogpt.train.arguments import DataArguments, ModelArguments, TrainingArguments
-    from mobilevideogpt.train.train import run
+    from mobilevideogpt.train.finetune import run
 
     out = tmp_path / "run"
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))

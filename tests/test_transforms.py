@@ -17,7 +17,7 @@ from mobilevideogpt.data.transforms import (
     clip_transform,
     videomamba_transform,
 )
-from mobilevideogpt.data.video import read_video_frames
+from mobilevideogpt.data.video import decode_video
 
 
 def _flat(colour: tuple[int, int, int], height: int = 120, width: int = 160, frames: int = 2) -> np.ndarray:
@@ -102,7 +102,7 @@ def test_clip_matches_transformers_clip_image_processor(size, sample_dataset_dir
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
     # Natural-looking content too: decoded sample-dataset frames resized to `size`.
-    decoded = read_video_frames(sorted(sample_dataset_dir.glob("squats/*.mp4"))[2], num_frames=2)
+    decoded = decode_video(sorted(sample_dataset_dir.glob("squats/*.mp4"))[2], num_frames=2).frames
     smooth = np.stack([cv2.resize(f, (size[1], size[0]), interpolation=cv2.INTER_AREA) for f in decoded])
     for frames in (noise, smooth):
         expected = processor(list(frames), return_tensors="np")["pixel_values"]

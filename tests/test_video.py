@@ -11,22 +11,21 @@ import pytest
 import torch
 
 from mobilevideogpt.data import video
-from mobilevideogpt.data.sample_dataset import write_video
 from mobilevideogpt.data.transforms import clip_transform, videomamba_transform
 from mobilevideogpt.data.video import (
     BACKEND_ENV_VAR,
     VideoDecodeError,
     decode_video,
     load_video_inputs,
-    read_video_frames,
     sample_frame_indices,
 )
+from mobilevideogpt.qved.sample_dataset import write_video
 
 # ---------------------------------------------------------------- sampling rules
 
 
 def test_fact_sheet_example_20s_at_30fps():
-    # Fact sheet §6.1: 20 grid points (0, 30, ..., 570) → linspace picks grid positions
+    # Upstream `eval/video_encoding.py::_get_rawvideo_dec`: 20 grid points (0, 30, ..., 570) → linspace picks grid positions
     # 0,1,2,3,5,6,7,8,10,11,12,13,15,16,17,19.
     positions = [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 19]
     assert sample_frame_indices(600, 30.0) == [30 * p for p in positions]
@@ -233,12 +232,12 @@ def test_truncated_video_is_an_error(sample_dataset_dir, tmp_path):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(source.read_bytes()[:2000])
     with pytest.raises(VideoDecodeError, match="truncated.mp4"):
-        read_video_frames(truncated)
+        decode_video(truncated)
 
 
 def test_load_video_inputs_applies_both_preprocessors_to_the_same_frames(numbered_video):
     inputs = load_video_inputs(numbered_video)
-    frames = read_video_frames(numbered_video)
+    frames = decode_video(numbered_video).frames
     assert inputs.frames.shape == inputs.context_frames.shape == (16, 3, 224, 224)
     assert inputs.frames.dtype == inputs.context_frames.dtype == torch.float32
     assert torch.equal(inputs.frames, videomamba_transform(frames))

@@ -12,7 +12,7 @@ from mobilevideogpt.model.scan import selective_scan_ref
 from mobilevideogpt.model.videomamba import VideoMamba, VideoMambaConfig
 from mobilevideogpt.model.videomamba_weights import WeightLoadError, load_upstream_videomamba
 
-# Fact sheet §2.4, per layer N (VideoMamba-M: d_model 576, d_inner 1152, d_state 16, dt_rank 36).
+# Upstream `videomamba/videomamba.py` (bimamba mixer of OpenGVLab's mamba fork), per layer N (VideoMamba-M: d_model 576, d_inner 1152, d_state 16, dt_rank 36).
 PUBLISHED_LAYER_SHAPES = {
     "mixer.in_proj.weight": (2304, 576),
     "mixer.conv1d.weight": (1152, 1, 4),
@@ -103,7 +103,7 @@ def test_wrong_frame_count_or_size_is_a_clear_error(tiny):
 
 
 def reference_mixer(m: Mamba, x: torch.Tensor) -> torch.Tensor:
-    """Independent, literal reading of the bimamba-v2 equations (fact sheet §3.4)."""
+    """Independent, literal reading of the bimamba-v2 equations (OpenGVLab/VideoMamba `mamba/mamba_ssm/modules/mamba_simple.py`, bimamba v2)."""
     xz = x @ m.in_proj.weight.T  # (B, L, 2E)
     xs, zs = xz.chunk(2, dim=-1)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mobilevideogpt.train.checkpoints import FINAL_CHECKPOINT
+from mobilevideogpt.checkpoints import FINAL_CHECKPOINT
 
 LORA_R, LORA_ALPHA = 4, 8
 

@@ -1,1 +1,1 @@
-"""Video decoding, preprocessing and the QVED data utilities."""
+"""Video decoding and preprocessing, the supervised dataset and its collator."""

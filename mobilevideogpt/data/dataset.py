@@ -1,9 +1,10 @@
 """Lazy supervised dataset: annotation records → token ids, labels and the video's two frame stacks.
 
-Annotations are read once at construction (cheap string checks only); tokenization and video decoding happen
-per item. A sample that cannot be used at training time (its video fails to decode, or its prompt plus visual
-tokens exceed `model_max_length`) is skipped: a warning names it, `skipped` counts it, and another sample is
-returned in its place, so one bad file never stops training.
+Annotations are read once at construction with the one record parser (`processing.parse_record`); tokenization
+and video decoding happen per item. Nothing unusable stops training: a record the parser rejects is skipped at
+construction, and a sample whose video fails to decode, or whose prompt plus visual tokens exceed
+`model_max_length`, is skipped when it is first met and another sample is returned in its place. Every skip is
+logged with the file and record and counted in `skipped`, by reason.
 
 Skip counts are per process: with DataLoader workers each worker counts (and warns about) the samples it hit,
 and the main process's `skipped` only holds the records dropped at construction. The warnings in the log are
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +27,14 @@ from torch.utils.data import Dataset
 from mobilevideogpt.config import DatasetEntry
 from mobilevideogpt.constants import DEFAULT_SYSTEM_PROMPT, IGNORE_INDEX, IMAGE_SIZE, IMAGE_TOKEN_INDEX, NUM_FRAMES
 from mobilevideogpt.data.paths import resolve_annotation_video
-from mobilevideogpt.conversation import conversation_segments, tokenize_segments, turn_role_and_text
+from mobilevideogpt.processing import NO_ANSWER, NO_CONVERSATIONS, AnnotationError, parse_record, tokenize_segments
 
 logger = logging.getLogger(__name__)
 
-# 16 frames × 144 CLIP tokens + 2 chunks × 49 VideoMamba tokens: what one video becomes inside the LLM.
-DEFAULT_NUM_VISUAL_TOKENS = 2402
-
-# Skip reasons, as keys of `SupervisedVideoDataset.skipped`.
-NO_CONVERSATIONS = "no_conversations"
-NO_ANSWER = "no_answer"
+# Skip reasons, as keys of `SupervisedVideoDataset.skipped` (record-level ones come from `processing`).
 VIDEO_ERROR = "video_error"
 TOO_LONG = "too_long"
+_REASON_TEXT = {NO_CONVERSATIONS: "no `conversations`", NO_ANSWER: "no user question with an answer"}
 
 
 class SampleTooLongError(ValueError):
@@ -77,8 +74,7 @@ def truncate_sample(
 
 @dataclass(frozen=True)
 class _Record:
-    segments: list[tuple[str, bool]]  # rendered once at construction (conversation.conversation_segments)
-    words: int  # cheap length for length-grouped samplers
+    segments: list[tuple[str, bool]]  # rendered once at construction (`Conversation.segments`)
     video: str | None
     source: str  # "file.json#index", for messages
 
@@ -112,8 +108,9 @@ class SupervisedVideoDataset(Dataset):
         self,
         entries: Sequence[DatasetEntry | Mapping],
         tokenizer,
+        *,
+        num_visual_tokens: int,
         model_max_length: int = 2048,
-        num_visual_tokens: int = DEFAULT_NUM_VISUAL_TOKENS,
         num_frames: int = NUM_FRAMES,
         image_size: int = IMAGE_SIZE,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
@@ -135,11 +132,15 @@ class SupervisedVideoDataset(Dataset):
         self.skipped: Counter[str] = Counter()
         self._bad: dict[int, str] = {}  # index → skip reason, known in this process
         self.records: list[_Record] = []
+        self._problems: list[str] = []  # record-level problems, for the error when nothing is usable
         self.num_records_read = 0
         for entry in entries:
             self._read_annotations(entry)
         if not self.records:
-            raise ValueError(f"no usable samples in {[str(_annotation_path(e)) for e in entries]}")
+            raise ValueError(
+                f"no usable samples in {', '.join(str(_annotation_path(e)) for e in entries)}"
+                + (f": {'; '.join(self._problems[:3])}" if self._problems else "")
+            )
         if model_max_length <= num_visual_tokens and any(r.video is not None for r in self.records):
             raise ValueError(
                 f"model_max_length={model_max_length} cannot hold one video's {num_visual_tokens} visual tokens plus "
@@ -159,58 +160,34 @@ class SupervisedVideoDataset(Dataset):
         if not isinstance(data, list):
             raise ValueError(f"{annotation_path}: expected a JSON list of records, got {type(data).__name__}")
 
-        dropped: dict[str, list[int]] = {NO_CONVERSATIONS: [], NO_ANSWER: []}
-        for index, record in enumerate(data):
-            where = f"{annotation_path}, record {index}"
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
-            conversations = record.get("conversations")
-            if not conversations:
-                dropped[NO_CONVERSATIONS].append(index)
-                continue
-            if not isinstance(conversations, list):
-                raise ValueError(f"{where}: `conversations` must be a list of turns")
-            video = record.get("video")
-            if video is None and "image" in record:
-                raise ValueError(f"{where}: image samples are not supported; give a `video` path")
-            if video is not None and (not isinstance(video, str) or not video.strip()):
-                raise ValueError(f"{where}: `video` must be a non-empty path string, got {video!r}")
+        dropped: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for index, raw in enumerate(data):
             try:
-                segments = conversation_segments(conversations, self.system_prompt, has_video=video is not None)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            if not any(supervised for _, supervised in segments):
-                dropped[NO_ANSWER].append(index)
+                conversation = parse_record(raw)
+            except AnnotationError as err:
+                dropped[err.reason].append((index, str(err)))
                 continue
+            video = conversation.video
             video_path = str(resolve_annotation_video(video, annotation_path)) if video is not None else None
-            words = sum(len(turn_role_and_text(turn)[1].split()) for turn in conversations)
-            self.records.append(_Record(segments, words, video_path, f"{annotation_path}#{index}"))
+            segments = conversation.segments(self.system_prompt)
+            self.records.append(_Record(segments, video_path, f"{annotation_path}#{index}"))
         self.num_records_read += len(data)
-        for reason, indices in dropped.items():
-            if indices:
-                self.skipped[reason] += len(indices)
-                what = "no `conversations`" if reason == NO_CONVERSATIONS else "no user question with an answer"
-                logger.warning(
-                    "%s: skipped %d record(s) with %s (indices %s%s)",
-                    annotation_path,
-                    len(indices),
-                    what,
-                    indices[:10],
-                    " ..." if len(indices) > 10 else "",
-                )
+        for reason, problems in dropped.items():
+            self.skipped[reason] += len(problems)
+            indices = [index for index, _ in problems]
+            self._problems += [f"{annotation_path}, record {index}: {message}" for index, message in problems]
+            logger.warning(
+                "%s: skipped %d record(s) with %s (indices %s%s; first: %s)",
+                annotation_path,
+                len(problems),
+                _REASON_TEXT.get(reason, "an unusable annotation"),
+                indices[:10],
+                " ..." if len(indices) > 10 else "",
+                problems[0][1],
+            )
 
     def __len__(self) -> int:
         return len(self.records)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Rough token count per sample (words + visual tokens) for length-grouped sampling; no decoding."""
-        return [r.words + (self.num_visual_tokens if r.video is not None else 0) for r in self.records]
-
-    @property
-    def modality_lengths(self) -> list[int]:
-        """Word counts, positive for video samples and negative for text-only ones (modality-grouped sampling)."""
-        return [r.words if r.video is not None else -r.words for r in self.records]
 
     def skip_summary(self) -> str:
         """One line: how many samples this process skipped, by reason."""

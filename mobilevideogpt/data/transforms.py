@@ -1,4 +1,4 @@
-"""The two published frame preprocessors (fact sheet §6.1), applied to the same decoded frames.
+"""The two published frame preprocessors (upstream `eval/video_encoding.py::_get_rawvideo_dec`), applied to the same decoded frames.
 
 - VideoMamba: `cv2.resize` to size×size (bilinear, aspect ratio not preserved, as published), ImageNet
   normalisation.

@@ -47,7 +47,7 @@ def _grid_step(fps: float) -> int:
 def sample_frame_indices(num_total_frames: int, fps: float, num_frames: int = NUM_FRAMES) -> list[int]:
     """Pick `num_frames` sorted frame indices from a video of `num_total_frames` frames at `fps`.
 
-    The published rule (fact sheet §6.1): grid points every round(fps) frames (≈1 frame per second);
+    The published rule (upstream `eval/video_encoding.py::_get_rawvideo_dec`): grid points every round(fps) frames (≈1 frame per second);
     more than `num_frames` grid points → `np.linspace(0, n-1, num_frames)` over the grid, truncated to int;
     exactly `num_frames` → the grid; fewer → `num_frames` frames `stride = (last // (num_frames-1))` apart,
     i.e. evenly spread and denser than 1 fps. An unknown frame rate counts every frame as a grid point.
@@ -254,11 +254,6 @@ def decode_video(path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend:
             raise VideoDecodeError(
                 path, f"not a readable video (decord: {decord_error.reason}; OpenCV: {opencv_error.reason})"
             ) from opencv_error
-
-
-def read_video_frames(path: str | os.PathLike, num_frames: int = NUM_FRAMES, backend: str | None = None) -> np.ndarray:
-    """The sampled frames of `path` as a (num_frames, H, W, 3) uint8 RGB array (see `decode_video`)."""
-    return decode_video(path, num_frames, backend).frames
 
 
 def load_video_inputs(

@@ -1,8 +1,8 @@
 """Running a model over a split file, one JSON line per sample, resumable.
 
-A split file is a `qved_*.json` list of `{"video", "conversations": [human, gpt, ...]}` records: the first
-human turn is the prompt, the first assistant turn after it the reference. Video paths resolve as in
-training (`resolve_annotation_video`).
+A split file is a `qved_*.json` list of `{"video", "conversations": [human, gpt, ...]}` records, read with the
+parser training uses (`processing.parse_record`): the first human turn is the prompt, the first assistant turn
+after it the reference. Video paths resolve as in training (`resolve_annotation_video`).
 
 `predictions.jsonl` gets one line per finished sample, appended and flushed as it goes, so an interrupted
 run loses at most the sample in progress. A rerun skips every sample already recorded (failed ones too,
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..conversation import ASSISTANT, USER, turn_role_and_text
 from ..data.paths import resolve_annotation_video
 from ..data.video import VideoDecodeError
+from ..processing import AnnotationError, parse_record
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +57,6 @@ class EvalSample:
     problem: str | None = None  # why the record cannot be evaluated (recorded as a failure)
 
 
-def _prompt_and_reference(record: dict[str, Any]) -> tuple[str, str]:
-    turns = [turn_role_and_text(t) for t in record.get("conversations") or []]
-    for i, (role, text) in enumerate(turns):
-        if role == USER:
-            reference = next((t for r, t in turns[i + 1 :] if r == ASSISTANT), None)
-            if reference is None:
-                raise ValueError("no assistant answer after the first human turn")
-            return text, reference
-    raise ValueError("no human turn")
-
-
 def load_split(path: str | os.PathLike) -> list[EvalSample]:
     """The samples of a split file; unusable records become samples with a `problem`."""
     split = Path(path)
@@ -86,14 +75,15 @@ def load_split(path: str | os.PathLike) -> list[EvalSample]:
     for index, record in enumerate(records):
         video = record.get("video") if isinstance(record, dict) else None
         sample_id = f"{index}:{video}"
-        if not isinstance(video, str) or not video.strip():
+        try:
+            conversation = parse_record(record)
+        except AnnotationError as err:
+            samples.append(EvalSample(sample_id, index, str(video), None, None, None, f"bad record: {err}"))
+            continue
+        if conversation.video is None:
             samples.append(EvalSample(sample_id, index, str(video), None, None, None, "record has no `video` path"))
             continue
-        try:
-            prompt, reference = _prompt_and_reference(record)
-        except ValueError as err:
-            samples.append(EvalSample(sample_id, index, video, None, None, None, f"bad conversation: {err}"))
-            continue
+        prompt, reference = conversation.first_exchange()
         samples.append(EvalSample(sample_id, index, video, resolve_annotation_video(video, split), prompt, reference))
     return samples
 

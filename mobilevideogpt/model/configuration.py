@@ -1,6 +1,6 @@
 """`MobileVideoGPTQwenConfig`: a Qwen2 config plus the multimodal fields of the published checkpoint.
 
-Fields read from the published `config.json` (fact sheet §1.3): `mm_vision_tower` (VideoMamba weights,
+Fields read from the published `config.json` (written by upstream `mobilevideogpt/model/arch.py::initialize_vision_modules` and `train/train.py`): `mm_vision_tower` (VideoMamba weights,
 also the switch that builds the towers), `image_mm_vision_tower` (CLIP id), the projector types, CLIP's
 select layer/feature and the start/end-token flags. `mm_hidden_size` is written but untrustworthy
 (mutated while the published model was built), so it never decides a shape: the tower widths come from
@@ -41,7 +41,7 @@ CLIP_VIT_B16: dict[str, Any] = {
     "projection_dim": 512,
 }
 
-# Qwen2.5-0.5B-Instruct (fact sheet §1.4): the LLM of the published checkpoint.
+# Qwen2.5-0.5B-Instruct (its published `config.json`): the LLM of the published checkpoint.
 QWEN25_05B: dict[str, Any] = {
     "vocab_size": 151936,
     "hidden_size": 896,

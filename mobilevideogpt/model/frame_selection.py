@@ -1,4 +1,4 @@
-"""Parameter-free, attention-based frame selection inside each chunk (fact sheet §5.3).
+"""Parameter-free, attention-based frame selection inside each chunk (upstream `mobilevideogpt/model/arch.py::select_frame_in_chunk`).
 
 All patch tokens of a chunk's frames attend to each other with softmax(X·Xᵀ/√D) over the keys; a frame's
 score is the attention mass its tokens receive, summed over every query. The k highest-scoring frames

@@ -1,7 +1,7 @@
 """Frozen vision towers stay in eval mode.
 
 The HF Trainer calls `model.train()` every step, which would switch on VideoMamba's stochastic depth
-(drop-path up to 0.25) inside a tower whose weights are frozen (fact sheet §12 item 10). A tower whose
+(drop-path up to 0.25) inside a tower whose weights are frozen (upstream `videomamba/config.py`: drop_path_rate 0.25; the HF Trainer calls `model.train()` on every submodule). A tower whose
 parameters all have `requires_grad=False` ignores `train(True)`.
 """
 

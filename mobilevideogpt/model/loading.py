@@ -5,7 +5,8 @@ On top of transformers' loader:
 1. `vocab_size` is taken from the checkpoint's `model.embed_tokens.weight` rows (the published model may
    have been resized to its tokenizer length), read from the safetensors header before the model is built.
 2. The key report is strict: unexpected keys, and missing keys outside the known-optional groups, fail
-   with the list of keys. Known-optional (fact sheet §2.6, §14):
+   with the list of keys. Known-optional (the published model loads both towers from their own sources, upstream `arch.py` /
+   `multimodal_encoder/clip_encoder.py`):
    - CLIP (`model.image_vision_tower.*`): the published checkpoint very likely lacks it; it is loaded with
      `CLIPVisionModel.from_pretrained` from `clip_path=` or `$MOBILEVIDEOGPT_CLIP_PATH` or
      `config.image_mm_vision_tower` (hub id or local dir; `HF_HUB_OFFLINE` and the hub cache apply).
@@ -36,9 +37,10 @@ import torch.nn as nn
 from transformers import CLIPVisionModel, PretrainedConfig
 from transformers.utils import cached_file
 
+from ..errors import first_line
 from .state_dicts import diff_state_dicts, preview
-from .zero import gathered
 from .videomamba_weights import WeightLoadError, load_upstream_videomamba
+from .zero import gathered
 
 logger = logging.getLogger(__name__)
 
@@ -263,13 +265,3 @@ def check_same_layout(expected: dict[str, torch.Tensor], state: dict[str, torch.
             f"{what} does not match the configured tower (clip_vision_config): missing {preview(diff.missing)}; "
             f"unexpected {preview(diff.unexpected)}; shape mismatches {preview(diff.wrong_shape)}"
         )
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def one_line(err: BaseException) -> str:
-    """The whole message on one line, for CLIs that print a single `error: …` line."""
-    return " ".join(part.strip() for part in str(err).splitlines() if part.strip()) or type(err).__name__

@@ -1,6 +1,6 @@
 """Mobile-VideoGPT on transformers' Qwen2: towers, projectors, splice, forward and generate.
 
-State-dict layout as published (fact sheet §2): `model.embed_tokens`, `model.layers.*`, `model.norm`,
+State-dict layout as published (upstream `mobilevideogpt/model/language_model/qwen.py` + `arch.py`): `model.embed_tokens`, `model.layers.*`, `model.norm`,
 `model.vision_tower.vision_encoder.*` (VideoMamba), `model.image_vision_tower.vision_tower.vision_model.*`
 (CLIP), `model.mm_projector.*` (video ETP), `model.image_mm_projector.*` (image ETP), `lm_head.weight`
 (tied to the embeddings when `tie_word_embeddings`).

@@ -1,6 +1,6 @@
 """Efficient Token Projector (ETP) and the per-frame pooling of VideoMamba features.
 
-ETP (fact sheet §2.3, §5.4): a per-token MLP to the LLM width, the token sequence viewed as a square grid
+ETP (upstream `mobilevideogpt/model/multimodal_projector/builder.py::ETProjector`): a per-token MLP to the LLM width, the token sequence viewed as a square grid
 (row-major, channels first), adaptive average pooling to a fixed grid, and a depthwise 3×3 convolution
 added back as a positional encoding (PEG). Module names (`mlp.mlp.{0,2}`, `dwn`, `peg.peg.0`) follow
 the published state dict.
@@ -22,7 +22,7 @@ ProjectorKind = Literal["video", "image"]
 
 # Pooled grid side of each projector: video chunks → 7×7 = 49 tokens, CLIP frames → 12×12 = 144 tokens.
 ETP_POOL_SIDE: dict[str, int] = {"video": 7, "image": 12}
-# VideoMamba's 14×14 patch grid is pooled per frame to 7×7 before regrouping into chunks (§5.2).
+# VideoMamba's 14×14 patch grid is pooled per frame to 7×7 before regrouping into chunks (upstream `arch.py::encode_videos_by_seletive_frames`).
 VIDEO_FRAME_POOL_SIDE = 7
 
 

@@ -1,4 +1,4 @@
-"""Video → visual tokens, step by step as published (fact sheet §5.2).
+"""Video → visual tokens, step by step as published (upstream `mobilevideogpt/model/arch.py::encode_videos_by_seletive_frames`, `project`).
 
 For each video (T = 16 frames, chunks of 8, k = 4 at the published geometry):
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import NON_LORA_WEIGHTS, mark_complete
+from ..checkpoints import NON_LORA_WEIGHTS, mark_complete
 
 PROJECTOR_KEY = "mm_projector"  # matches mm_projector and image_mm_projector
 PEFT_PREFIX = "base_model.model."

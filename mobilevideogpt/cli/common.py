@@ -1,0 +1,96 @@
+"""What every command shares: option spellings, the model-loading options, and the one-line error promise."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+
+from ..errors import one_line
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that accepts `--a_b` and `--a-b` for every long option declared with either spelling."""
+
+    def add_argument(self, *names, **kwargs):
+        spelled = list(names)
+        for name in names:
+            if name.startswith("--") and len(name) > 3:
+                for twin in (name[:2] + name[2:].replace("_", "-"), name[:2] + name[2:].replace("-", "_")):
+                    if twin not in spelled:
+                        spelled.append(twin)
+        return super().add_argument(*spelled, **kwargs)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True, repeat: bool = False) -> None:
+    """--model_path (+ --model_base, --device, --dtype and the tower sources), as every model-loading command takes."""
+    parser.add_argument(
+        "--model_path",
+        required=required,
+        action="append" if repeat else "store",
+        help="hub id, model folder, training checkpoint folder, or training run folder (uses checkpoint-final)"
+        + ("; repeat to compare" if repeat else ""),
+    )
+    parser.add_argument(
+        "--model_base", help="base model for a training checkpoint (default: the one recorded in its adapter_config.json)"
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU), fp32, bf16, fp16"
+    )
+    parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
+    parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
+
+
+def quiet_libraries() -> None:
+    """Keep output to our own lines: no weight-loading bars or library deprecation chatter."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("mobilevideogpt").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a command reports in one line: bad input, unusable files, unloadable models."""
+    from ..data.video import VideoDecodeError
+    from ..errors import ModelLoadError
+    from ..evaluation.predictions import EvaluationError
+    from ..processing import AnnotationError
+    from ..qved.convert import QvedInputError
+
+    return (
+        ModelLoadError,
+        VideoDecodeError,
+        EvaluationError,
+        AnnotationError,
+        QvedInputError,
+        OSError,
+        ValueError,
+    )
+
+
+def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command: expected failures become one `error: …` line and exit 1; `--debug` shows tracebacks."""
+    debug = getattr(args, "debug", False)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: nothing more to say, and nothing went wrong.
+        sys.stderr.close()
+        return 1
+    except Exception as err:  # noqa: BLE001 - the promise: one line, no traceback, unless --debug
+        if debug:
+            raise
+        if isinstance(err, expected_errors()):
+            message = one_line(err)
+        else:
+            message = f"unexpected failure: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
+        print(f"error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,141 @@
+"""`mvgpt infer` (`python inference.py`): answer a prompt about one video with a base or finetuned Mobile-VideoGPT.
+
+Order of work, so mistakes surface before the slow part: the model path is classified (incomplete or
+unusable checkpoints are refused), the video is decoded with the model's frame geometry, and only then are
+the weights loaded. The answer streams to stdout; status lines and timings go to stderr. `--json` prints one
+JSON object instead (no streaming). Every expected failure is one `error: ...` line on stderr and exit code 1
+(2 for bad arguments); `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from .common import add_model_options, quiet_libraries
+
+HELP = "answer a prompt about one video (the guide's `python inference.py`)"
+DESCRIPTION = (
+    "Answer a prompt about a video with Mobile-VideoGPT: a base checkpoint (hub id or folder) "
+    "or a finetuning output (checkpoint-N/, checkpoint-final/, or the run folder)."
+)
+PARSER_KWARGS = {
+    "formatter_class": argparse.RawDescriptionHelpFormatter,
+    "epilog": """\
+--json prints one object: {"model": {"model_path", "base", "checkpoint", "note", "device", "dtype"},
+  "video_path", "prompt", "text", "num_new_tokens", "finish_reason" ("stop" | "length"), "frame_indices",
+  "timings": {"video_decode_s", "encode_s", "prefill_s", "decode_s", "total_s", "new_tokens",
+              "time_to_first_token_s", "decode_tokens_per_s", "tokens_per_s"},
+  "generation": {"max_new_tokens", "temperature", "top_p", "seed"}}
+
+Default prompt: "Analyze this {exercise} video and provide corrective feedback." (the QVED training prompt);
+{exercise} comes from --exercise, else from the video's folder when it is a QVED class (dataset/squats/...),
+else it reads "Analyze this exercise video and provide corrective feedback.".
+""",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    parser.add_argument("--video_path", required=True, help="video file to analyse")
+    parser.add_argument("--prompt", help="question about the video (default: the QVED training prompt, see below)")
+    parser.add_argument("--exercise", help="exercise name for the default prompt, e.g. 'squats'")
+    parser.add_argument("--max_new_tokens", type=int, default=512, help="default 512")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling with --temperature > 0")
+    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with text and timings")
+    parser.add_argument("--no_stream", dest="stream", action="store_false", help="print the answer when complete")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def prompt_for(args: argparse.Namespace) -> str:
+    """--prompt, else the QVED prompt for --exercise or the video's class folder, else the generic one."""
+    from ..qved import exercise_from_path, exercise_prompt
+
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise ValueError("--prompt is empty; ask a question about the video, or drop --prompt for the default")
+        return args.prompt
+    return exercise_prompt(args.exercise or exercise_from_path(args.video_path))
+
+
+def _summary(result, frames: int) -> str:
+    t = result.timings
+    rate = f"{t.decode_tokens_per_s:.1f} tok/s" if t.decode_tokens_per_s else "n/a tok/s"
+    return (
+        f"[{frames} frames | decode {t.video_decode_s:.2f} s | encoders {t.encode_s:.2f} s | prefill "
+        f"{t.prefill_s:.2f} s | first token after {t.time_to_first_token_s:.2f} s | {result.num_new_tokens} new "
+        f"tokens, {rate} | {result.finish_reason}]"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.debug:
+        quiet_libraries()
+    from ..chat import VideoChat
+    from ..checkpoints import resolve_model_path
+    from ..data.video import VideoDecodeError, load_video_inputs
+    from ..model.assemble import load_model_config
+    from ..runtime import dtype_name, resolve_device, resolve_dtype
+
+    def status(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr, flush=True)
+
+    prompt = prompt_for(args)
+    source = resolve_model_path(args.model_path, args.model_base)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if source.note:
+        status(source.note)
+    config = load_model_config(source)
+    started = time.perf_counter()
+    try:
+        video = load_video_inputs(args.video_path, num_frames=config.num_frames, image_size=config.clip_vision().image_size)
+    except VideoDecodeError as err:
+        raise VideoDecodeError(err.path, f"{err.reason}; check --video_path (it must be a readable video file)") from err
+    decode_s = time.perf_counter() - started
+
+    status(f"Loading {source.describe()} on {device} ({dtype_name(dtype)}) ...")
+    chat = VideoChat.from_pretrained(
+        args.model_path,
+        model_base=args.model_base,
+        device=device,
+        dtype=dtype,
+        clip_path=args.clip_path,
+        videomamba_path=args.videomamba_path,
+    )
+    streaming = args.stream and not args.json
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = chat.answer(
+        video,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        on_text=emit if streaming else None,
+    )
+    # The video was decoded before the model loaded (to fail fast); count that time where it belongs.
+    result.timings = dataclasses.replace(
+        result.timings, video_decode_s=decode_s, total_s=result.timings.total_s + decode_s
+    )
+    if args.json:
+        payload = {"model": {**source.to_dict(), "device": str(device), "dtype": dtype_name(dtype)}, **result.to_dict()}
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return 0
+    if streaming:
+        emit("\n")
+    else:
+        print(result.text, flush=True)
+    status(f"Prompt: {result.prompt}")
+    status(_summary(result, config.num_frames))
+    return 0

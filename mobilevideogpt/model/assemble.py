@@ -1,0 +1,218 @@
+"""A model ready for inference from a resolved `ModelSource`: base weights, then the trained files on top.
+
+Order for a training checkpoint: base weights → projector weights, strictly (every tensor must exist in the
+model with the same shape) → LoRA adapter, strictly (every adapter tensor must land in a LoRA layer and every
+LoRA layer must get one) → merged into the linear layers. Everything is assembled in fp32 on the CPU and then
+moved to the requested device and dtype, so a merge never rounds through half precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+
+from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
+from ..errors import ModelLoadError, first_line, one_line
+from ..runtime import resolve_device, resolve_dtype
+from .loading import CheckpointLoadError
+from .state_dicts import diff_state_dicts, preview
+
+logger = logging.getLogger(__name__)
+
+# A PEFT parameter name carries the adapter name; the saved adapter file does not.
+PEFT_ADAPTER_NAME = "default"
+
+
+def _hub_hint(source: ModelSource, err: BaseException) -> str:
+    if os.path.exists(os.path.expanduser(source.base)):
+        return (
+            f"cannot load model {source.base} ({first_line(err)}): "
+            "the folder is not a loadable Mobile-VideoGPT checkpoint"
+        )
+    flag = " with --model_base DIR" if source.checkpoint is not None else ""
+    return (
+        f"cannot load model {source.base} ({first_line(err)}): it is neither a local checkpoint folder nor reachable "
+        f"on the Hugging Face hub (offline?). Download it where there is internet (`huggingface-cli download "
+        f"{source.base}`) and pass the local folder{flag}, or set HF_HUB_OFFLINE=1 to use the hub cache"
+    )
+
+
+def load_model_config(source: ModelSource):
+    """The config the loaded model will have: the training checkpoint's `config.json` (training may change
+    token-pipeline fields such as k / topk) when it has one, else the base model's."""
+    from transformers import AutoConfig
+
+    where = (
+        source.checkpoint
+        if source.checkpoint is not None and (source.checkpoint / "config.json").is_file()
+        else source.base
+    )
+    try:
+        config = AutoConfig.from_pretrained(str(where))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_hub_hint(source, err)) from err
+    if getattr(config, "model_type", None) != "MobileVideoGPT_qwen":
+        raise ModelLoadError(
+            f"{where} is a {getattr(config, 'model_type', 'unknown')!r} model, not Mobile-VideoGPT (model_type "
+            "MobileVideoGPT_qwen); pass a Mobile-VideoGPT checkpoint"
+        )
+    return config
+
+
+def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str | None):
+    """The base model in fp32 on the CPU, configured by `load_model_config`."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_model_config(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.base, config=config, dtype=torch.float32, clip_path=clip_path, videomamba_path=videomamba_path
+        )
+    except CheckpointLoadError as err:
+        raise ModelLoadError(one_line(err)) from err
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_hub_hint(source, err)) from err
+    model.config.use_cache = True
+    return model
+
+
+def apply_non_lora_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+    """Copy the tensors of `path` (safetensors, plain model keys) into `model`, strictly. Returns their names.
+
+    Every key must name a parameter or buffer of the model with the same shape; otherwise nothing is
+    copied and the error lists the offending keys.
+    """
+    targets = dict(model.named_parameters())
+    targets.update(dict(model.named_buffers()))
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if not tensors:
+        raise ModelLoadError(f"{path} holds no tensors; the checkpoint's projector weights were not saved")
+    # Only the trained subset is in the file: keys it lacks are fine, unknown keys and wrong shapes are not.
+    diff = diff_state_dicts(targets, tensors)
+    if diff.unexpected or diff.wrong_shape:
+        problems = []
+        if diff.unexpected:
+            problems.append(f"{len(diff.unexpected)} key(s) not in the model: {preview(diff.unexpected)}")
+        if diff.wrong_shape:
+            problems.append(f"{len(diff.wrong_shape)} shape mismatch(es): {preview(diff.wrong_shape)}")
+        raise ModelLoadError(
+            f"{path} does not fit the base model ({'; '.join(problems)}); is --model_base the base it was trained from?"
+        )
+    with torch.no_grad():
+        for key, value in tensors.items():
+            targets[key].copy_(value.to(targets[key].dtype))
+    return sorted(tensors)
+
+
+def apply_lora_adapter(model: torch.nn.Module, checkpoint: os.PathLike, merge: bool = True) -> torch.nn.Module:
+    """Wrap `model` with the checkpoint's LoRA adapter, checking that every tensor was used both ways.
+
+    Returns the merged plain model (`merge=True`) or the `PeftModel` (for equivalence checks).
+    """
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers property that transformers 5 deprecates; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            # Missing adapter tensors are reported below, as an error, together with unused ones.
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            peft_model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ModelLoadError(
+            f"the LoRA adapter in {checkpoint} does not fit the base model ({first_line(err)}); "
+            "is --model_base the base it was trained from?"
+        ) from err
+    marker = f".{PEFT_ADAPTER_NAME}."
+    lora_params = {n.replace(marker, "."): p for n, p in peft_model.named_parameters() if "lora_" in n}
+    with safe_open(os.path.join(checkpoint, ADAPTER_WEIGHTS), framework="pt") as f:
+        saved = set(f.keys())
+    missing, unused = sorted(set(lora_params) - saved), sorted(saved - set(lora_params))
+    if missing or unused:
+        raise ModelLoadError(
+            f"the LoRA adapter in {checkpoint} does not match the model's LoRA layers: "
+            f"{len(missing)} layer weight(s) absent from the file ({preview(missing, 3)}), "
+            f"{len(unused)} file tensor(s) unused ({preview(unused, 3)})"
+        )
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def load_tokenizer(source: ModelSource):
+    """The checkpoint's tokenizer when it saved one (training does), else the base model's."""
+    from transformers import AutoTokenizer
+
+    where = source.checkpoint if source.checkpoint is not None and has_tokenizer(source.checkpoint) else source.base
+    try:
+        return AutoTokenizer.from_pretrained(str(where))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer from {where} ({first_line(err)})") from err
+
+
+def assemble_model(
+    source: ModelSource,
+    clip_path: str | None = None,
+    videomamba_path: str | None = None,
+    merge: bool = True,
+) -> torch.nn.Module:
+    """fp32 CPU model for `source`: base → projector weights → LoRA (merged unless `merge=False`), eval mode."""
+    model = _load_base(source, clip_path, videomamba_path)
+    if source.has_projectors:
+        names = apply_non_lora_weights(model, source.checkpoint / NON_LORA_WEIGHTS)
+        logger.info("applied %d projector tensors from %s", len(names), source.checkpoint / NON_LORA_WEIGHTS)
+    if source.has_adapter:
+        model = apply_lora_adapter(model, source.checkpoint, merge=merge)
+    return model.eval()
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+
+
+def load_for_inference(
+    model_path: str | os.PathLike,
+    model_base: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    clip_path: str | None = None,
+    videomamba_path: str | None = None,
+) -> LoadedModel:
+    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path`); raises `ModelLoadError`."""
+    source = resolve_model_path(model_path, model_base)
+    target_device = resolve_device(device)
+    target_dtype = resolve_dtype(dtype, target_device)
+    if source.note:
+        logger.info(source.note)
+    tokenizer = load_tokenizer(source)
+    model = assemble_model(source, clip_path, videomamba_path)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}; "
+            "tokenizer and weights come from different models"
+        )
+    model.to(device=target_device, dtype=target_dtype)
+    return LoadedModel(model, tokenizer, source, target_device, target_dtype)
+
+
+def load_model_and_tokenizer(
+    model_path: str | os.PathLike,
+    model_base: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    clip_path: str | None = None,
+    videomamba_path: str | None = None,
+):
+    """(model, tokenizer) ready for `model.generate`: eval mode, on `device` in `dtype`, LoRA merged."""
+    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path)
+    return loaded.model, loaded.tokenizer

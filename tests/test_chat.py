@@ -1,0 +1,66 @@
+"""VideoChat: greedy and sampled answers, streaming, timings, stopping at the end of the turn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilevideogpt.chat import ChatResult, VideoChat
+from mobilevideogpt.checkpoints import FINAL_CHECKPOINT
+from mobilevideogpt.processing import IM_END
+
+GUIDE_VIDEO = Path("squats/00093026.mp4")
+GUIDE_PROMPT = "Analyze this squats video and provide corrective feedback."
+
+@pytest.fixture(scope="module")
+def trained_chat(mvgpt_trained_run):
+    return VideoChat.from_pretrained(mvgpt_trained_run / FINAL_CHECKPOINT, device="cpu")
+
+
+def test_answer_is_greedy_streamed_timed(trained_chat, sample_dataset_dir):
+    video = sample_dataset_dir / GUIDE_VIDEO
+    pieces: list[str] = []
+    first = trained_chat.answer(video, GUIDE_PROMPT, max_new_tokens=6, on_text=pieces.append)
+    again = trained_chat.answer(video, GUIDE_PROMPT, max_new_tokens=6)
+    assert isinstance(first, ChatResult)
+    assert first.prompt == GUIDE_PROMPT
+    assert first.text == again.text and first.num_new_tokens == again.num_new_tokens
+    assert "".join(pieces).strip() == first.text
+    assert 1 <= first.num_new_tokens <= 6
+    assert first.finish_reason in ("stop", "length")
+    assert len(first.frame_indices) == trained_chat.num_frames == 4
+    t = first.timings
+    assert t.new_tokens == first.num_new_tokens
+    assert min(t.video_decode_s, t.encode_s, t.prefill_s) > 0 and t.decode_s >= 0
+    assert t.total_s >= t.video_decode_s + t.encode_s + t.prefill_s + t.decode_s - 1e-6
+    assert t.time_to_first_token_s == pytest.approx(t.video_decode_s + t.encode_s + t.prefill_s)
+    json.dumps(first.to_dict())  # serialisable
+
+    sampled = [trained_chat.answer(video, "Describe it.", max_new_tokens=5, temperature=1.5, seed=s) for s in (1, 1, 2)]
+    assert sampled[0].text == sampled[1].text
+    assert sampled[0].prompt == "Describe it." and sampled[0].generation["temperature"] == 1.5
+
+
+def test_generation_stops_at_im_end_and_strips_it(trained_chat, sample_dataset_dir):
+    im_end = trained_chat.tokenizer.convert_tokens_to_ids(IM_END)
+
+    def favour_im_end(module, inputs, output):
+        output[..., im_end] += 1e4
+        return output
+
+    handle = trained_chat.model.lm_head.register_forward_hook(favour_im_end)
+    try:
+        # min_new_tokens holds the end-of-turn token back for 3 steps; then it wins at once.
+        result = trained_chat.answer(sample_dataset_dir / GUIDE_VIDEO, GUIDE_PROMPT, max_new_tokens=10, min_new_tokens=3)
+    finally:
+        handle.remove()
+    assert result.finish_reason == "stop"
+    assert result.num_new_tokens == 4
+    assert IM_END not in result.text
+
+
+def test_an_empty_prompt_is_refused(trained_chat, sample_dataset_dir):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        trained_chat.answer(sample_dataset_dir / GUIDE_VIDEO, "  ")

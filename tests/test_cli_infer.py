@@ -1,0 +1,139 @@
+"""`mvgpt infer` / `python inference.py`: the guide's command, JSON output, streaming, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mobilevideogpt.checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT
+from mobilevideogpt.cli import run_command
+from tests.cli_helpers import assert_one_line_error
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE_VIDEO = Path("squats/00093026.mp4")
+GUIDE_PROMPT = "Analyze this squats video and provide corrective feedback."
+
+def copy_checkpoint(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run" / FINAL_CHECKPOINT
+    shutil.copytree(run / FINAL_CHECKPOINT, target)
+    return target
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = run_command("infer", [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_on_base_checkpoint_json(capsys, mvgpt_tiny_checkpoint, sample_dataset_dir):
+    code, out, err = run_cli(
+        capsys,
+        "--model_path", mvgpt_tiny_checkpoint,
+        "--video_path", sample_dataset_dir / "tricep_stretch/00002012.mp4",
+        "--max_new_tokens", 3,
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    payload = json.loads(out)
+    assert set(payload) >= {
+        "model", "video_path", "prompt", "text", "num_new_tokens", "finish_reason", "frame_indices", "timings",
+        "generation",
+    }  # fmt: skip
+    assert payload["model"]["checkpoint"] is None and payload["model"]["dtype"] == "float32"
+    assert payload["prompt"] == "Analyze this tricep stretch video and provide corrective feedback."
+    assert len(payload["frame_indices"]) == 16  # the published geometry
+    assert 1 <= payload["num_new_tokens"] <= 3
+    timings = payload["timings"]
+    for key in ("video_decode_s", "encode_s", "prefill_s", "decode_s", "total_s", "time_to_first_token_s"):
+        assert isinstance(timings[key], float) and timings[key] >= 0
+    assert timings["video_decode_s"] > 0
+
+
+def test_cli_streams_trained_checkpoint(capsys, mvgpt_trained_run, sample_dataset_dir):
+    code, out, err = run_cli(
+        capsys,
+        "--model_path", mvgpt_trained_run,
+        "--video_path", sample_dataset_dir / GUIDE_VIDEO,
+        "--prompt", "What is wrong?",
+        "--max_new_tokens", 4,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.endswith("\n") and out.strip()
+    assert "using checkpoint-final" in err and "Prompt: What is wrong?" in err and "tok/s" in err
+
+    code, quiet_out, _ = run_cli(
+        capsys,
+        "--model_path", mvgpt_trained_run / FINAL_CHECKPOINT,
+        "--video_path", sample_dataset_dir / GUIDE_VIDEO,
+        "--prompt", "What is wrong?",
+        "--max_new_tokens", 4,
+        "--no-stream",
+    )  # fmt: skip
+    assert code == 0 and quiet_out == out  # greedy: the same answer, printed at the end
+
+
+def test_cli_bad_inputs_are_one_line_errors(capsys, mvgpt_trained_run, sample_dataset_dir, tmp_path):
+    video = sample_dataset_dir / GUIDE_VIDEO
+    code, out, err = run_cli(capsys, "--model_path", mvgpt_trained_run, "--video_path", tmp_path / "missing.mp4")
+    assert_one_line_error(code, err, "missing.mp4", "file not found", "--video_path")
+    assert out == ""
+
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2048))
+    code, _, err = run_cli(capsys, "--model_path", mvgpt_trained_run, "--video_path", corrupt)
+    assert_one_line_error(code, err, "corrupt.mp4", "--video_path")
+
+    checkpoint = copy_checkpoint(mvgpt_trained_run, tmp_path)
+    (checkpoint / COMPLETE_MARKER).unlink()
+    code, _, err = run_cli(capsys, "--model_path", checkpoint, "--video_path", video)
+    assert_one_line_error(code, err, "incomplete", "COMPLETE")
+
+    code, _, err = run_cli(capsys, "--model_path", "results/nope/checkpoint-final", "--video_path", video)
+    assert_one_line_error(code, err, "does not exist")
+
+    code, _, err = run_cli(capsys, "--model_path", mvgpt_trained_run, "--video_path", video, "--prompt", " ")
+    assert_one_line_error(code, err, "--prompt is empty")
+
+
+def test_guide_command_and_offline_base(mvgpt_trained_run, sample_dataset_dir, tmp_path):
+    """The guide's command, verbatim, from a project folder laid out as the guide says."""
+    project = tmp_path / "project"
+    (project / "dataset/squats").mkdir(parents=True)
+    shutil.copy(sample_dataset_dir / GUIDE_VIDEO, project / "dataset" / GUIDE_VIDEO)
+    shutil.copytree(
+        mvgpt_trained_run / FINAL_CHECKPOINT, project / "results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, str(REPO / "inference.py"),
+        "--model_path", "results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final",
+        "--video_path", "dataset/squats/00093026.mp4",
+        "--prompt", GUIDE_PROMPT,
+        "--max_new_tokens", "4",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and f"Prompt: {GUIDE_PROMPT}" in done.stderr
+
+    # A base that is neither local nor downloadable: one line naming the way out.
+    offline = command[:2] + ["--model_path", "nobody/not-a-cached-model", "--video_path", "dataset/squats/00093026.mp4"]
+    done = subprocess.run(offline, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.count("error: ") == 1 and "Traceback" not in done.stderr
+    assert "huggingface-cli download nobody/not-a-cached-model" in done.stderr
+
+
+def test_mvgpt_infer_is_the_same_command(capsys, mvgpt_trained_run, sample_dataset_dir):
+    from mobilevideogpt.cli import main
+
+    args = ["--model_path", str(mvgpt_trained_run), "--video_path", str(sample_dataset_dir / GUIDE_VIDEO),
+            "--max_new_tokens", "3", "--json"]  # fmt: skip
+    assert main(["infer", *args]) == 0
+    via_mvgpt = json.loads(capsys.readouterr().out)
+    assert run_command("infer", args) == 0
+    via_script = json.loads(capsys.readouterr().out)
+    assert via_mvgpt["text"] == via_script["text"] and via_mvgpt["prompt"] == GUIDE_PROMPT

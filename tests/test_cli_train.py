@@ -1,0 +1,44 @@
+"""`mvgpt train` / `bash scripts/finetune_qved.sh`: the guide's defaults, overrides, help, supervision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", "scripts/finetune_qved.sh", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_script_defaults_are_the_guides_table():
+    result = run_script("--dry-run")
+    assert result.returncode == 0, result.stderr
+    cmd = result.stdout.strip().splitlines()[-1]
+    for flag in (
+        "--model_name_or_path Amshaker/Mobile-VideoGPT-0.5B", "--num_train_epochs 10", "--learning_rate 1e-4",
+        "--mm_projector_lr 2e-5", "--lora_r 64", "--lora_alpha 128", "--per_device_train_batch_size 4",
+        "--gradient_accumulation_steps 4", "--model_max_length 2048", "--deepspeed scripts/zero3.json",
+        "--save_steps 50", "--output_dir results/qved_finetune_mobilevideogpt_0.5B", "--dataset_use QVED_TRAIN",
+    ):
+        assert flag in cmd, flag
+    assert json.loads((REPO / "scripts" / "zero3.json").read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_script_overrides_and_help():
+    result = run_script("--dry-run", "--", "--max_steps", "3", BATCH="1", GACC="16", MAXLEN="1024", EPOCHS="2")
+    cmd = result.stdout.strip().splitlines()[-1]
+    for flag in ("--per_device_train_batch_size 1", "--gradient_accumulation_steps 16", "--model_max_length 1024",
+                 "--num_train_epochs 2", "--max_steps 3"):
+        assert flag in cmd, flag
+    help_text = run_script("--help").stdout
+    for name in ("BATCH", "GACC", "MAXLEN", "--demo", "--resume", "HOSTFILE"):
+        assert name in help_text
+    bad = run_script("--bogus")
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
