@@ -1,6 +1,13 @@
 """Selective scan and causal conv1d: references pinned by hand, fast paths and dispatch checked against them."""
 
+import ctypes
+import hashlib
 import math
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,18 +323,252 @@ def test_failed_build_falls_back_to_torch(monkeypatch):
             selective_scan(**x, delta_softplus=True)
 
 
-def test_build_goes_to_temp_dir_when_cache_is_unwritable(monkeypatch, tmp_path, kernel):
+# ---------------------------------------------------------------- bf16 in the compiled kernel
+
+
+def bf16_inputs(**kw):
+    """bf16 u, delta, z, B, C (as a bf16 mixer passes them) with fp32 A, D, delta_bias; and the same values in fp32."""
+    x = make_inputs(**kw)
+    for name in ("u", "delta", "z", "B", "C"):
+        x[name] = x[name].to(torch.bfloat16)
+    return x, {k: v.float() for k, v in x.items()}
+
+
+def assert_bf16_rounding_of(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """out is ref rounded once to bf16: within half a bf16 ulp (2^-8 relative), and equal to torch's own rounding of
+    ref except where the fp32 kernel and the fp32 reference land on opposite sides of a rounding boundary."""
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=2.0**-8, atol=1e-5)
+    assert (out == ref.to(torch.bfloat16)).float().mean().item() >= 0.99
+
+
+@pytest.mark.parametrize("groups,dim", [(None, 8), (2, 70)])
+def test_compiled_kernel_reads_and_writes_bf16(kernel, groups, dim):
+    x, x32 = bf16_inputs(dim=dim, seqlen=150, groups=groups)
+    ref, ref_last = selective_scan_ref(**x32, delta_softplus=True, return_last_state=True)
+    out, last = scan_cpu.selective_scan_cpu(**x, delta_softplus=True, return_last_state=True)
+    assert_bf16_rounding_of(out, ref)
+    assert last.dtype == torch.float32 and rel_err(last, ref_last) <= 1e-5  # the state never went through bf16
+    # A mix of fp32 and bf16 inputs is read as given, without rounding the fp32 ones.
+    mixed = {**x, "delta": x32["delta"], "C": x32["C"]}
+    assert_bf16_rounding_of(scan_cpu.selective_scan_cpu(**mixed, delta_softplus=True), ref)
+    # fp32 u means an fp32 output, from the same bf16 delta / z / B.
+    out32 = scan_cpu.selective_scan_cpu(**{**x, "u": x32["u"]}, delta_softplus=True)
+    assert out32.dtype == torch.float32 and rel_err(out32, ref) <= 1e-5
+
+
+def test_bf16_mixer_layout_reaches_the_kernel_without_copies(monkeypatch, kernel):
+    # As in Mamba._direction: delta, z, B and C are transposed bf16 Linear outputs (channel stride 1).
+    x, x32 = bf16_inputs(dim=40, seqlen=70)
+    strided = {**x, **{k: x[k].transpose(1, 2).contiguous().transpose(1, 2) for k in ("delta", "z", "B", "C")}}
+    assert strided["delta"].stride(1) == 1 and strided["delta"].dtype == torch.bfloat16
+    seen = []
+
+    def recorder(*args):
+        seen.append(args)
+        return kernel(*args)
+
+    monkeypatch.setattr(scan_cpu, "load_kernel", lambda: recorder)
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    with torch.no_grad():
+        out = selective_scan(**strided, delta_softplus=True)
+    assert len(seen) == 1  # auto dispatch picked the compiled kernel for bf16 inputs
+    u_ptr, delta_ptr, _, b_ptr, c_ptr, _, z_ptr = seen[0][:7]
+    assert (u_ptr, delta_ptr, b_ptr, c_ptr, z_ptr) == tuple(
+        strided[k].data_ptr() for k in ("u", "delta", "B", "C", "z"))
+    assert list(seen[0][17]) == [1, 1, 1, 1, 1, 1]  # element types: all bf16, the output too
+    assert_bf16_rounding_of(out, selective_scan_ref(**x32, delta_softplus=True))
+    # A gradient is needed: the forward-only kernel is not used.
+    u = x["u"].clone().requires_grad_()
+    selective_scan(**{**strided, "u": u}, delta_softplus=True).float().sum().backward()
+    assert len(seen) == 1 and u.grad is not None
+
+
+def test_bf16_rounding_matches_torch_on_ties_and_specials(kernel):
+    # B = C = 0 leaves only the skip term: out = D * u with u = 1 in bf16, so the kernel's output is the fp32 D
+    # rounded to bf16. D holds exact rounding ties (to even: down, up, negative), a value near the bf16 maximum,
+    # infinities and NaN.
+    values = torch.tensor([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 3.0e38, float("inf"), float("-inf"), 0.0,
+                           float("nan")])
+    n = values.numel()
+    zero = torch.zeros(1, 1, 1, dtype=torch.bfloat16)
+    out = scan_cpu.selective_scan_cpu(torch.ones(1, n, 1, dtype=torch.bfloat16),
+                                      torch.zeros(1, n, 1, dtype=torch.bfloat16), -torch.ones(n, 1), zero, zero,
+                                      D=values).view(-1)
+    expected = values.to(torch.bfloat16)
+    assert expected[0] == 1 and expected[1] == 1 + 2.0**-6  # the ties really are ties
+    assert torch.equal(out[:-1].view(torch.int16), expected[:-1].view(torch.int16))
+    assert out[-1].isnan()
+
+
+# ---------------------------------------------------------------- where the compiled kernel may come from
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch, tmp_path):
+    """Forget the loaded kernel and point its cache at tmp_path/cache; returns that cache root."""
+    for name, value in (("_tried", False), ("_kernel", None), ("_error", None)):
+        monkeypatch.setattr(scan_cpu, name, value)
+    root = tmp_path / "cache"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def dlopen_log(monkeypatch):
+    """Records the sha256 of every file handed to dlopen, at the moment it is opened."""
+    opened = []
+    real = ctypes.CDLL
+
+    def spy(name, *args, **kwargs):
+        opened.append(hashlib.sha256(Path(name).read_bytes()).hexdigest())
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ctypes, "CDLL", spy)
+    return opened
+
+
+def plant_library(build_dir: Path, tmp_path: Path) -> str:
+    """A library whose entry point answers 77 without computing anything, at build_dir/scan_cpu.so; returns its
+    sha256. A copy elsewhere proves it would visibly misbehave if it were ever loaded."""
+    src = tmp_path / "planted.cpp"
+    src.write_text('extern "C" int mvg_selective_scan_fwd() { return 77; }\n')
+    build_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    planted = build_dir / "scan_cpu.so"
+    subprocess.run([scan_cpu._compiler(), "-shared", "-fPIC", str(src), "-o", str(planted)], check=True)
+    planted.chmod(0o700)
+    copy = tmp_path / "planted_copy.so"
+    shutil.copyfile(planted, copy)
+    assert ctypes.cdll.LoadLibrary(str(copy)).mvg_selective_scan_fwd() == 77  # not through the dlopen_log spy
+    return hashlib.sha256(planted.read_bytes()).hexdigest()
+
+
+def assert_torch_path_used(monkeypatch):
+    calls = []
+    monkeypatch.setattr(scan_cpu, "selective_scan_cpu", lambda *a, **k: calls.append(1))
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    x = make_inputs()
+    with torch.no_grad():
+        out = selective_scan(**x, delta_softplus=True)
+    assert calls == []
+    assert rel_err(out, selective_scan_ref(**x, delta_softplus=True)) <= 1e-5
+
+
+def test_build_is_private_and_recorded(kernel, fresh_kernel_state, dlopen_log):
+    root = fresh_kernel_state
+    assert scan_cpu.load_kernel() is not None, scan_cpu.build_error()
+    (build_dir,) = root.glob("mobilevideogpt_scan_cpu_*")
+    library = build_dir / "scan_cpu.so"
+    for path in (root, build_dir):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700 and path.stat().st_uid == os.geteuid()
+    assert not stat.S_IMODE(library.stat().st_mode) & 0o022
+    recorded = (build_dir / "scan_cpu.so.sha256").read_text().strip()
+    assert recorded == hashlib.sha256(library.read_bytes()).hexdigest() == dlopen_log[0]
+    assert len(dlopen_log) == 1
+
+
+@pytest.mark.parametrize("record", ["wrong", "missing"])
+def test_planted_library_is_rebuilt_never_loaded(kernel, fresh_kernel_state, dlopen_log, tmp_path, record):
+    name = scan_cpu.build_recipe()[3]
+    build_dir = fresh_kernel_state / name
+    planted = plant_library(build_dir, tmp_path)
+    if record == "wrong":
+        (build_dir / "scan_cpu.so.sha256").write_text("0" * 64 + "\n")
+    fresh_kernel_state.chmod(0o700)
+    assert scan_cpu.load_kernel() is not None, scan_cpu.build_error()
+    assert planted not in dlopen_log and len(dlopen_log) == 1
+    assert dlopen_log[0] == (build_dir / "scan_cpu.so.sha256").read_text().strip()
+    x = make_inputs()
+    assert rel_err(scan_cpu.selective_scan_cpu(**x, delta_softplus=True),
+                   selective_scan_ref(**x, delta_softplus=True)) <= 1e-5
+
+
+def test_library_that_stays_wrong_is_refused(monkeypatch, kernel, fresh_kernel_state, dlopen_log, tmp_path):
+    # The rebuild cannot replace the planted file (simulated): the loader refuses instead of loading it.
+    build_dir = fresh_kernel_state / scan_cpu.build_recipe()[3]
+    planted = plant_library(build_dir, tmp_path)
+    fresh_kernel_state.chmod(0o700)
+    monkeypatch.setattr(scan_cpu, "_compile", lambda *args: None)
+    assert scan_cpu.load_kernel() is None
+    assert "refusing to load" in scan_cpu.build_error() and "scan_cpu.so.sha256 does not exist" in scan_cpu.build_error()
+    assert planted not in dlopen_log and dlopen_log == []
+    assert_torch_path_used(monkeypatch)
+
+
+@pytest.mark.parametrize("where", ["root", "build_dir"])
+def test_world_writable_cache_is_refused(monkeypatch, kernel, fresh_kernel_state, dlopen_log, tmp_path, where):
+    root = fresh_kernel_state
+    build_dir = root / scan_cpu.build_recipe()[3]
+    planted = plant_library(build_dir, tmp_path)
+    (build_dir / "scan_cpu.so.sha256").write_text(planted + "\n")  # a consistent record does not help
+    root.chmod(0o700)
+    (root if where == "root" else build_dir).chmod(0o777)
+    assert scan_cpu.load_kernel() is None
+    assert "writable by group or others (mode 777)" in scan_cpu.build_error()
+    assert dlopen_log == []
+    assert_torch_path_used(monkeypatch)
+
+
+def test_cache_owned_by_another_user_is_refused(monkeypatch, kernel, fresh_kernel_state, dlopen_log):
+    root = fresh_kernel_state
+    root.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(root, 65534, 65534)
+        other = 65534
+    else:  # cannot chown: become "another user" for the owner check instead
+        other = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: other + 1)
+    assert scan_cpu.load_kernel() is None
+    assert f"is owned by uid {other}, not by this user" in scan_cpu.build_error()
+    assert dlopen_log == [] and not list(root.iterdir())
+    assert_torch_path_used(monkeypatch)
+
+
+def test_unwritable_cache_falls_back_to_torch_not_tmp(monkeypatch, kernel, fresh_kernel_state, dlopen_log, tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "cache"))
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    for name, value in (("_tried", False), ("_kernel", None), ("_error", None)):
-        monkeypatch.setattr(scan_cpu, name, value)
-    assert scan_cpu.load_kernel() is not None, scan_cpu.build_error()
-    assert list(tmp_path.glob("mobilevideogpt_scan_cpu_*/scan_cpu.so"))
-    x = make_inputs()
-    ref = selective_scan_ref(**x, delta_softplus=True)
-    assert rel_err(scan_cpu.selective_scan_cpu(**x, delta_softplus=True), ref) <= 1e-5
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    assert scan_cpu.load_kernel() is None
+    assert "cannot create the selective-scan kernel cache" in scan_cpu.build_error()
+    assert list(temp.iterdir()) == [] and dlopen_log == []
+    assert_torch_path_used(monkeypatch)
+
+
+def stat_result(mode: int, uid: int) -> os.stat_result:
+    return os.stat_result((mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+
+
+def test_folder_and_library_rules():
+    me, path = os.geteuid(), Path("/x")
+    folder = scan_cpu.folder_problem
+    assert folder(path, stat_result(stat.S_IFDIR | 0o700, me), strict=True) is None
+    assert folder(path, stat_result(stat.S_IFDIR | 0o755, me), strict=True) is None  # readable is fine
+    assert "writable" in folder(path, stat_result(stat.S_IFDIR | 0o770, me), strict=True)
+    assert "writable" in folder(path, stat_result(stat.S_IFDIR | 0o1777, me), strict=True)
+    assert "owned by uid" in folder(path, stat_result(stat.S_IFDIR | 0o700, me + 1), strict=True)
+    assert "not a directory" in folder(path, stat_result(stat.S_IFLNK | 0o777, me), strict=True)
+    # Above the cache root: root-owned system folders and sticky shared ones (/tmp) are fine, open ones are not.
+    assert folder(path, stat_result(stat.S_IFDIR | 0o755, 0), strict=False) is None
+    assert folder(path, stat_result(stat.S_IFDIR | 0o1777, 0), strict=False) is None
+    assert "writable" in folder(path, stat_result(stat.S_IFDIR | 0o777, 0), strict=False)
+    if me != 0:
+        assert "owned by uid" in folder(path, stat_result(stat.S_IFDIR | 0o755, me + 1), strict=False)
+    assert "owned by uid 65534" in folder(path, stat_result(stat.S_IFDIR | 0o755, 65534), strict=False)
+    library = scan_cpu.library_problem
+    assert library(path, stat_result(stat.S_IFREG | 0o700, me)) is None
+    assert "writable" in library(path, stat_result(stat.S_IFREG | 0o666, me))
+    assert "owned by uid" in library(path, stat_result(stat.S_IFREG | 0o700, 65534))
+    assert "not a regular file" in library(path, stat_result(stat.S_IFLNK | 0o700, me))
+
+
+def test_missing_source_falls_back_to_torch(monkeypatch, fresh_kernel_state, tmp_path):
+    monkeypatch.setattr(scan_cpu, "SOURCE", tmp_path / "gone.cpp")
+    assert scan_cpu.load_kernel() is None
+    assert "missing from the installed package" in scan_cpu.build_error()
+    assert_torch_path_used(monkeypatch)
 
 
 # ---------------------------------------------------------------- causal conv1d

@@ -14,8 +14,9 @@ optional last state (batch, D, N) stays fp32.
 Implementations:
 - ``selective_scan_ref`` / ``causal_conv1d_ref``: plain step-by-step loops, the tested references.
 - ``selective_scan`` / ``causal_conv1d``: dispatch. CUDA tensors use the mamba_ssm / causal_conv1d kernels when those
-  packages import; CPU tensors that need no gradient use the compiled kernel of ``scan_cpu`` when it builds;
-  everything else uses the pure-PyTorch fast path (autograd-capable, any device).
+  packages import; CPU tensors that need no gradient use the compiled kernel of ``scan_cpu`` when it builds (it reads
+  fp32 and bf16 in place, so a bf16 model pays no conversion; fp16 goes through fp32); everything else uses the
+  pure-PyTorch fast path (autograd-capable, any device).
   ``MOBILEVIDEOGPT_SCAN_BACKEND`` = ``auto`` (default) | ``torch`` (pure PyTorch only) | ``cpp`` (the compiled CPU
   scan, or an error saying why not; causal_conv1d has no compiled kernel and uses PyTorch under ``cpp``).
 """
