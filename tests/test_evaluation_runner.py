@@ -1,4 +1,4 @@
-"""Evaluation: metrics on hand-computed examples, resumable predictions, failures, reports, comparison mode."""
+"""Evaluation runs (`mvgpt eval`): resumable predictions, failures, reports (JSON, Markdown, HTML), comparison."""
 
 from __future__ import annotations
 
@@ -12,92 +12,10 @@ from pathlib import Path
 import pytest
 
 from mobilevideogpt.cli import run_command
-from mobilevideogpt.evaluation.bertscore import bertscore_f1
-from mobilevideogpt.evaluation.metrics import (
-    count_chunks,
-    exercise_match,
-    exercise_of,
-    lcs_length,
-    meteor_no_synonyms,
-    meteor_scorer,
-    meteor_tokens,
-    rouge_l,
-)
 from mobilevideogpt.evaluation.predictions import PREDICTIONS_FILE, RUN_CONFIG_FILE
 from mobilevideogpt.evaluation.runner import model_label
 
 REPO = Path(__file__).resolve().parents[1]
-
-# ---------------------------------------------------------------- metrics, by hand
-
-
-def test_lcs_and_rouge_l_hand_computed():
-    assert lcs_length("a b c d".split(), "a c d b".split()) == 3
-    assert lcs_length([], ["a"]) == 0
-    # LCS "the cat on the mat" = 5 of 6 tokens each side: P = R = F = 5/6.
-    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
-    # Case and punctuation are separators only: [keep your back straight] vs [keep back straight];
-    # LCS 3, P = 3/4, R = 1, F = 2·(3/4)·1 / (7/4) = 6/7.
-    assert rouge_l("Keep your BACK straight!", "keep back straight") == pytest.approx(6 / 7)
-    # Order matters: one token in common order, P = R = 1/3.
-    assert rouge_l("straight back keep", "keep back straight") == pytest.approx(1 / 3)
-    assert rouge_l("", "keep back straight") == 0.0
-    assert rouge_l("a b", "c d") == 0.0
-
-
-def test_meteor_without_synonyms_hand_computed():
-    # 5 matches, P = 1, R = 5/6, Fmean = (5/6) / (0.9 + 0.1·5/6); 2 chunks ("the cat" | "on the mat"):
-    # penalty = 0.5·(2/5)^3 = 0.032.
-    fmean = (5 / 6) / (0.9 + 0.1 * 5 / 6)
-    assert meteor_no_synonyms("the cat on the mat", "the cat sat on the mat") == pytest.approx(fmean * (1 - 0.032))
-    assert meteor_no_synonyms("the cat on the mat", "the cat sat on the mat") == pytest.approx(0.8203389830508474)
-    # Identical 4-token texts: one chunk of 4, penalty 0.5·(1/4)^3.
-    assert meteor_no_synonyms("keep your back straight", "Keep your back straight") == pytest.approx(1 - 0.5 / 64)
-    # Every word matched but no two adjacent in both texts: 5 chunks of 5 matches, penalty 0.5.
-    assert meteor_no_synonyms("mat the on cat the", "the cat on the mat") == pytest.approx(0.5)
-    # Stems only count when a stemmer is given: both words match by stem, one chunk of 2.
-    strip_s = lambda word: word.rstrip("s")  # noqa: E731
-    assert meteor_no_synonyms("knees bend", "knee bends") == 0.0
-    assert meteor_no_synonyms("knees bend", "knee bends", stem=strip_s) == pytest.approx(1 - 0.5 / 8)
-    assert meteor_no_synonyms("", "anything") == 0.0
-    assert meteor_tokens("Keep your back straight.") == ["keep", "your", "back", "straight", "."]
-    assert count_chunks([(0, 0), (1, 1), (2, 3), (3, 4), (5, 5)]) == 3
-
-
-def test_meteor_scorer_labels_what_it_computes():
-    scorer = meteor_scorer()
-    try:
-        from nltk.corpus import wordnet
-
-        wordnet.ensure_loaded()
-        has_wordnet = True
-    except (ImportError, LookupError):
-        has_wordnet = False
-    assert ("WordNet synonyms" in scorer.label) == has_wordnet
-    assert ("no synonyms" in scorer.label) == (not has_wordnet)
-    assert scorer.score("the cat on the mat", "the cat sat on the mat") == pytest.approx(0.8203389830508474)
-
-
-def test_exercise_identification_rules():
-    assert exercise_of("tricep stretch (right arm) - User is holding the stretch") == "tricep stretch (right arm)"
-    assert exercise_of("Cat-Cow  Pose - Round your back") == "cat-cow pose"  # hyphen inside the name
-    assert exercise_of("knee_circles - fine") == "knee circles"
-    assert exercise_of("No separator here") is None
-    same_side = exercise_match("Tricep Stretch (right arm) - hold", "tricep stretch (right arm) - User is holding")
-    other_side = exercise_match("tricep stretch (left arm) - hold", "tricep stretch (right arm) - User is holding")
-    wrong = exercise_match("squats - go lower", "squat jump - land softly")
-    unnamed = exercise_match("Go lower", "squats - go lower")
-    assert same_side.exact and same_side.base
-    assert not other_side.exact and other_side.base
-    assert not wrong.exact and not wrong.base
-    assert unnamed.scorable and not unnamed.exact and not unnamed.base
-    assert not exercise_match("squats - x", "free text reference").scorable
-
-
-def test_bertscore_never_downloads():
-    result = bertscore_f1(["squats - go lower"], ["squats - go lower"], model="nobody/not-a-local-model")
-    assert result.f1 is None and result.note.startswith("BERTScore skipped")
-
 
 def test_model_labels():
     assert model_label("results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final") == (
@@ -143,7 +61,7 @@ def project(sample_dataset_dir, tmp_path) -> Path:
 
 
 def run_eval(capsys, *args) -> tuple[int, str, str]:
-    code = run_command("eval", [str(a) for a in args] + ["--no_progress", "--no_bertscore"])
+    code = run_command("eval", [str(a) for a in args] + ["--no_progress", "--no_bertscore", "--no_similarity"])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -177,7 +95,7 @@ def test_evaluation_resumes_and_records_failures(capsys, project, mvgpt_fast_che
     assert summary["failures"][0]["video"] == BROKEN and "broken.mp4" in summary["failures"][0]["error"]
     assert summary["metrics"]["rouge_l"]["n"] == 2 and summary["throughput"]["total_new_tokens"] > 0
     markdown = (out_dir / "report.md").read_text()
-    assert "## Failed samples" in markdown and "METEOR (no synonyms" in markdown and "| | tiny |" in markdown
+    assert "## Failed samples" in markdown and "METEOR (nltk, WordNet" in markdown and "| | tiny |" in markdown
     assert "Exercise identified (exact)" in out  # the table is printed too
 
     code, _, err = run_eval(capsys, *args[:-1], 4)
@@ -220,11 +138,11 @@ def test_report_metrics_from_known_predictions(capsys, project, mvgpt_fast_check
     ]  # fmt: skip
     (model_dir / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in known))
 
-    code, _, err = run_eval(
-        capsys, "--model_path", mvgpt_fast_checkpoint, "--labels", "known", "--split", split, "--output_dir", out_dir,
-        "--report_only",
-    )  # fmt: skip
-    assert code == 0, err
+    code = run_command("eval", [
+        "--model_path", str(mvgpt_fast_checkpoint), "--labels", "known", "--split", str(split), "--output_dir",
+        str(out_dir), "--report_only", "--no_progress", "--no_bertscore",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
     summary = json.loads((out_dir / "report.json").read_text())["models"][0]
     metrics, throughput = summary["metrics"], summary["throughput"]
     assert metrics["exercise_accuracy_exact"] == {"value": 0.5, "correct": 1, "n": 2}  # "(left arm)" ≠ "(right arm)"
@@ -238,6 +156,15 @@ def test_report_metrics_from_known_predictions(capsys, project, mvgpt_fast_check
     assert throughput["mean_time_to_first_token_s"] == pytest.approx(1.5)
     assert throughput["mean_decode_tokens_per_s"] == pytest.approx((9 / 1.5 + 5 / 0.5) / 2)
     assert summary["samples"] == {"total": 3, "ok": 2, "failed": 1, "pending": 0}
+    similarity = per_sample[f"0:{SQUATS}"]["sentence_similarity"]
+    assert similarity == pytest.approx(1.0, abs=1e-5) and per_sample[f"2:{TRICEP}"]["sentence_similarity"] < 1
+    assert summary["confusion"]["classes"] == ["squats", "tricep stretch"]
+    assert summary["per_class"]["tricep stretch"]["exercise_accuracy"]["value"] == 1.0
+
+    page = (out_dir / "report.html").read_text()
+    assert page.count('<img class="plot"') == 2  # confusion matrix + per-class means
+    assert page.count('<img class="frame"') == 2  # first frames of the two readable videos; the broken one has none
+    assert "Keep your back straight" in page and "(no answer)" in page and "0.127" in page
 
 
 def test_comparison_mode_and_mvgpt_eval(capsys, project, mvgpt_fast_checkpoint, mvgpt_trained_run):

@@ -18,8 +18,9 @@ HELP = "evaluate models on a split: predictions (resumable) and a metrics report
 # Without --model_path: the run `mvgpt train` writes by default (its checkpoint-final).
 DESCRIPTION = (
     "Run Mobile-VideoGPT on a QVED split (default dataset/qved_test.json) and report exercise identification "
-    "accuracy, ROUGE-L, METEOR, BERTScore (when available locally) and throughput. Resumable: a rerun skips "
-    "samples already in predictions.jsonl."
+    "accuracy (with a confusion matrix), ROUGE-L, METEOR (with WordNet synonyms), MiniLM sentence similarity, "
+    "BERTScore (when available locally), per-exercise means and throughput, as JSON, Markdown and a self-contained "
+    "HTML page. Resumable: a rerun skips samples already in predictions.jsonl."
 )
 PARSER_KWARGS = {"epilog": __doc__, "formatter_class": argparse.RawDescriptionHelpFormatter}
 DEFAULT_SPLIT = "dataset/qved_test.json"
@@ -49,6 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bertscore_layers", type=int, help="layer for a model bert-score does not know")
     parser.add_argument("--no_bertscore", action="store_true", help="skip BERTScore")
+    parser.add_argument("--no_similarity", action="store_true", help="skip the MiniLM sentence similarity")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         bertscore_model=args.bertscore_model,
         bertscore_layers=args.bertscore_layers,
         bertscore=not args.no_bertscore,
+        similarity=not args.no_similarity,
         progress=not args.no_progress,
     )
     try:
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(render_markdown(report).split("\n## Notes")[0].rstrip())
     print(
-        f"\nReport: {output_dir / 'report.md'} and {output_dir / 'report.json'}; "
+        f"\nReport: {output_dir / 'report.html'} (plots, per-sample frames), {output_dir / 'report.md'} and "
+        f"{output_dir / 'report.json'}; "
         f"predictions under {output_dir}/<label>/{PREDICTIONS_FILE}"
     )
     return 0

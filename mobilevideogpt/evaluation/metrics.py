@@ -1,8 +1,8 @@
-"""Text metrics for QVED feedback: exercise identification, ROUGE-L, METEOR.
+"""Text metrics for exercise feedback: exercise identification, ROUGE-L, METEOR (QEVD's text metrics).
 
-QVED answers read "<exercise> - <feedback>" ("tricep stretch (right arm) - User is holding the stretch").
+Answers read "<exercise> - <feedback>" ("tricep stretch (right arm) - User is holding the stretch").
 
-Exercise identification (the published report's rule, made precise):
+Exercise identification (the public fork's report rule, made precise):
 - the exercise of a text is what precedes its first " - " (space, hyphen, space; a bare "-" would split
   names like "cat-cow pose"), lower-cased with underscores as spaces and whitespace collapsed; a text
   without " - " names no exercise;
@@ -12,33 +12,27 @@ Exercise identification (the published report's rule, made precise):
   "tricep stretch (right arm)").
 A sample whose ground truth names no exercise does not count toward either accuracy.
 
-ROUGE-L: F-measure of the longest common subsequence of tokens, tokenised as the `rouge-score` package does
-without stemming (lower-case, every run of characters other than a-z/0-9 is a separator), so figures are
-comparable to `rouge_score` / HF `evaluate("rouge")["rougeL"]`.
+ROUGE-L: the `rouge-score` package's ROUGE-L F-measure, without stemming (its default).
 
-METEOR (Lavie & Agarwal 2007, as in `nltk.translate.meteor_score`): words are aligned in stages — exact
-matches, then Porter stems, then WordNet synonyms — each stage scanning the hypothesis from its last word
-and taking the last still-unmatched reference word that fits. With m matches, P = m/|hyp|, R = m/|ref|,
-Fmean = P·R / (α·P + (1−α)·R), penalty = γ·(chunks/m)^β with α = 0.9, β = 3, γ = 0.5, and
-score = Fmean·(1 − penalty); chunks = runs of matches adjacent in both texts. The WordNet stage needs nltk's
-WordNet data, which cannot be downloaded here: `meteor_scorer()` uses nltk's own implementation when nltk and
-WordNet are installed, and this module's implementation of the exact (+ stem when nltk is installed) stages
-otherwise, labelled "no synonyms". Tokens: lower-cased words and single punctuation marks (a close
-approximation of nltk's `word_tokenize`, which needs the punkt data).
+METEOR: NLTK's `meteor_score` (Lavie & Agarwal 2007: exact, Porter-stem, then WordNet-synonym matching;
+α = 0.9, β = 3, γ = 0.5) with WordNet 3.0 from `evaluation.wordnet` (NLTK's data or Debian's `wordnet-base`).
+Without WordNet the synonym stage matches nothing and the label says "no synonyms". Tokens are lower-cased
+words and single punctuation marks (NLTK's `word_tokenize` needs its punkt data, which is not installed).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 EXERCISE_SEPARATOR = " - "
 _QUALIFIER = re.compile(r"\([^)]*\)")
-_ROUGE_SEPARATOR = re.compile(r"[^a-z0-9]+")
 _METEOR_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA = 0.9, 3.0, 0.5
 
 
 def normalize_exercise(name: str) -> str:
@@ -85,88 +79,27 @@ def exercise_match(prediction: str, reference: str) -> ExerciseMatch:
     return ExerciseMatch(reference=exercise_of(reference), predicted=exercise_of(prediction))
 
 
-def rouge_tokens(text: str) -> list[str]:
-    return [t for t in _ROUGE_SEPARATOR.split(text.lower()) if t]
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
 
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (dynamic programming, one row at a time)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (β = 1) of `prediction` against `reference`; 0 when either has no tokens."""
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    lcs = lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F-measure of `prediction` against `reference` (`rouge-score`); 0 when either has no tokens."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 
 def meteor_tokens(text: str) -> list[str]:
     return _METEOR_TOKEN.findall(text.lower())
 
 
-def _align_stage(
-    hypothesis: list[tuple[int, str]], reference: list[tuple[int, str]], key: Callable[[str], str]
-) -> list[tuple[int, int]]:
-    """One alignment stage; removes the matched words from both lists (the nltk scan order)."""
-    matches = []
-    ref_keys = [key(word) for _, word in reference]
-    for i in reversed(range(len(hypothesis))):
-        wanted = key(hypothesis[i][1])
-        for j in reversed(range(len(reference))):
-            if ref_keys[j] == wanted:
-                matches.append((hypothesis[i][0], reference[j][0]))
-                del hypothesis[i], reference[j], ref_keys[j]
-                break
-    return matches
+class _NoSynonyms:
+    """Stands in for WordNet when it is not installed: the synonym stage then matches nothing."""
 
-
-def count_chunks(matches: Sequence[tuple[int, int]]) -> int:
-    """Runs of matches (sorted by hypothesis position) adjacent in both the hypothesis and the reference."""
-    if not matches:
-        return 0
-    chunks = 1
-    for (h0, r0), (h1, r1) in zip(matches, matches[1:], strict=False):
-        if not (h1 == h0 + 1 and r1 == r0 + 1):
-            chunks += 1
-    return chunks
-
-
-def meteor_no_synonyms(
-    prediction: str,
-    reference: str,
-    stem: Callable[[str], str] | None = None,
-    alpha: float = METEOR_ALPHA,
-    beta: float = METEOR_BETA,
-    gamma: float = METEOR_GAMMA,
-) -> float:
-    """METEOR with exact matching, then stem matching when `stem` is given; no synonym stage."""
-    hyp = list(enumerate(meteor_tokens(prediction)))
-    ref = list(enumerate(meteor_tokens(reference)))
-    length_hyp, length_ref = len(hyp), len(ref)
-    matches = _align_stage(hyp, ref, key=lambda w: w)
-    if stem is not None:
-        matches += _align_stage(hyp, ref, key=stem)
-    m = len(matches)
-    if m == 0:
-        return 0.0
-    precision, recall = m / length_hyp, m / length_ref
-    fmean = precision * recall / (alpha * precision + (1 - alpha) * recall)
-    penalty = gamma * (count_chunks(sorted(matches)) / m) ** beta
-    return fmean * (1 - penalty)
+    def synsets(self, *args, **kwargs) -> list:
+        return []
 
 
 @dataclass(frozen=True)
@@ -177,24 +110,21 @@ class MeteorScorer:
     score: Callable[[str, str], float]  # (prediction, reference) → score
 
 
+@functools.cache
 def meteor_scorer() -> MeteorScorer:
-    """nltk's METEOR with WordNet synonyms when installed; else exact (+ Porter stem with nltk) matching."""
-    try:
-        from nltk.stem.porter import PorterStemmer
-    except ImportError:
-        return MeteorScorer("METEOR (no synonyms, exact matches only: nltk not installed)", meteor_no_synonyms)
-    try:
-        from nltk.corpus import wordnet
-        from nltk.translate.meteor_score import meteor_score
+    """NLTK's METEOR with WordNet synonyms when WordNet is installed, else without the synonym stage (labelled)."""
+    from nltk.translate.meteor_score import meteor_score
 
-        wordnet.ensure_loaded()
-    except (ImportError, LookupError):
-        stemmer = PorterStemmer()
-        return MeteorScorer(
-            "METEOR (no synonyms: WordNet data not installed; exact + stem matches)",
-            lambda prediction, reference: meteor_no_synonyms(prediction, reference, stem=stemmer.stem),
-        )
-    return MeteorScorer(
-        "METEOR (nltk, WordNet synonyms)",
-        lambda prediction, reference: float(meteor_score([meteor_tokens(reference)], meteor_tokens(prediction))),
-    )
+    from .wordnet import load_wordnet
+
+    wordnet, where = load_wordnet()
+    if wordnet is None:
+        logger.warning("METEOR without synonyms: %s", where)
+        wordnet, label = _NoSynonyms(), f"METEOR (nltk, no synonyms: {where})"
+    else:
+        label = f"METEOR (nltk, {where} synonyms)"
+
+    def score(prediction: str, reference: str) -> float:
+        return float(meteor_score([meteor_tokens(reference)], meteor_tokens(prediction), wordnet=wordnet))
+
+    return MeteorScorer(label, score)

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .bertscore import BertScoreResult
-from .metrics import MeteorScorer, exercise_match, rouge_l
+from .metrics import MeteorScorer, base_exercise, exercise_match, rouge_l
 from .predictions import EvalSample, record_matches
+from .similarity import SimilarityResult
 
 METRIC_DEFINITIONS = {
     "exercise_accuracy_exact": "share of answers whose text before the first ' - ' (lower-cased) equals the "
@@ -26,10 +27,20 @@ METRIC_DEFINITIONS = {
     "rouge_l": "ROUGE-L F-measure (LCS), rouge-score tokenisation without stemming",
     "meteor": "METEOR (alpha 0.9, beta 3, gamma 0.5); the label says which matching stages were available",
     "bertscore_f1": "BERTScore F1 without baseline rescaling, only when bert-score and its model are local",
+    "sentence_similarity": "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (the public QVED fork's metric)",
     "time_to_first_token_s": "video decode + vision encoders + LLM prefill, per video",
     "decode_tokens_per_s": "new tokens after the first / time after the first token, per video",
     "tokens_per_s": "all new tokens / all generation time (prefill + decode), over the run",
 }
+# For context only: QEVD's Stream-VLM baseline ("Live Fitness Coaching as a Testbed for Situated Interaction",
+# NeurIPS 2024) scores live feedback on long videos, a different setting from clip-level answers.
+REFERENCE_NUMBERS = {
+    "source": "QEVD Stream-VLM baseline (NeurIPS 2024): live feedback on long videos, a different setting",
+    "meteor": 0.127,
+    "rouge_l": 0.112,
+    "bertscore_f1": 0.862,
+}
+NO_EXERCISE, OTHER_EXERCISE = "(none)", "(other)"
 
 
 @dataclass
@@ -40,6 +51,7 @@ class ModelRun:
     config: dict[str, Any]
     records: dict[str, dict[str, Any]]
     bertscore: BertScoreResult | None = None
+    similarity: SimilarityResult | None = None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -84,6 +96,8 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
         }
         if run.bertscore is not None and run.bertscore.f1 is not None:
             row["bertscore_f1"] = run.bertscore.f1[i]
+        if run.similarity is not None and run.similarity.scores is not None:
+            row["sentence_similarity"] = run.similarity.scores[i]
         if match.scorable:
             exact.append(match.exact)
             base.append(match.base)
@@ -93,7 +107,7 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
     latencies = [t["total_s"] for t in timings]
     generation_time = sum(t["prefill_s"] + t["decode_s"] for t in timings)
     new_tokens = sum(t["new_tokens"] for t in timings)
-    bertscore = run.bertscore
+    bertscore, similarity = run.bertscore, run.similarity
     return {
         "label": run.label,
         "model": {k: run.config.get(k) for k in ("model_path", "checkpoint", "base")},
@@ -114,7 +128,14 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
                 "n": len(bertscore.f1) if bertscore is not None and bertscore.f1 is not None else 0,
                 "note": bertscore.note if bertscore is not None else "BERTScore not requested (--no_bertscore)",
             },
+            "sentence_similarity": {
+                "mean": _mean(similarity.scores) if similarity is not None and similarity.scores is not None else None,
+                "n": len(similarity.scores) if similarity is not None and similarity.scores is not None else 0,
+                "note": similarity.note if similarity is not None else "not requested (--no_similarity)",
+            },
         },
+        "per_class": per_class_means(per_sample),
+        "confusion": exercise_confusion(per_sample),
         "throughput": {
             "mean_time_to_first_token_s": _mean([t["time_to_first_token_s"] for t in timings]),
             "mean_encode_s": _mean([t["encode_s"] for t in timings]),
@@ -133,6 +154,42 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
     }
 
 
+_CLASS_METRICS = ("rouge_l", "meteor", "sentence_similarity", "bertscore_f1")
+
+
+def per_class_means(per_sample: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{reference exercise (qualifiers dropped): n, exercise accuracy and the mean of each text metric}."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in per_sample:
+        if row["exercise_reference"] is not None:
+            groups.setdefault(base_exercise(row["exercise_reference"]), []).append(row)
+    table = {}
+    for name in sorted(groups):
+        rows = groups[name]
+        entry: dict[str, Any] = {"n": len(rows), "exercise_accuracy": _accuracy([r["exercise_base"] for r in rows])}
+        for metric in _CLASS_METRICS:
+            values = [r[metric] for r in rows if r.get(metric) is not None]
+            entry[metric] = _mean(values)
+        table[name] = entry
+    return table
+
+
+def exercise_confusion(per_sample: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of (reference exercise, predicted exercise), qualifiers dropped; a prediction naming no exercise is
+    "(none)", one naming an exercise no reference has is "(other)"."""
+    scorable = [r for r in per_sample if r["exercise_reference"] is not None]
+    classes = sorted({base_exercise(r["exercise_reference"]) for r in scorable})
+    columns = classes + [NO_EXERCISE, OTHER_EXERCISE]
+    counts = [[0] * len(columns) for _ in classes]
+    for row in scorable:
+        predicted = row["exercise_predicted"]
+        column = NO_EXERCISE if predicted is None else base_exercise(predicted)
+        if column not in columns:
+            column = OTHER_EXERCISE
+        counts[classes.index(base_exercise(row["exercise_reference"]))][columns.index(column)] += 1
+    return {"classes": classes, "predicted": columns, "counts": counts}
+
+
 def build_report(
     split: str, samples: list[EvalSample], runs: list[ModelRun], meteor: MeteorScorer, note: str = ""
 ) -> dict:
@@ -143,6 +200,7 @@ def build_report(
         "note": note,
         "metric_definitions": METRIC_DEFINITIONS,
         "meteor_variant": meteor.label,
+        "reference_numbers": REFERENCE_NUMBERS,
         "models": [summarize_model(samples, run, meteor) for run in runs],
     }
 
@@ -185,6 +243,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                 else "skipped"
             ),
         ),
+        row(
+            "Sentence similarity (MiniLM)",
+            lambda m: (
+                _fmt(m["metrics"]["sentence_similarity"]["mean"])
+                if m["metrics"]["sentence_similarity"]["mean"] is not None
+                else "skipped"
+            ),
+        ),
         row("Time to first token (mean)", lambda m: _fmt(m["throughput"]["mean_time_to_first_token_s"], 2, " s")),
         row("Decode speed (mean per video)", lambda m: _fmt(m["throughput"]["mean_decode_tokens_per_s"], 1, " tok/s")),
         row("Generation throughput", lambda m: _fmt(m["throughput"]["tokens_per_s"], 1, " tok/s")),
@@ -211,7 +277,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         *rows,
         "",
         "The QEVD paper reports METEOR, ROUGE-L and BERTScore; the rows above use the same metric names.",
+        f"For context only — {REFERENCE_NUMBERS['source']}: METEOR {REFERENCE_NUMBERS['meteor']}, "
+        f"ROUGE-L {REFERENCE_NUMBERS['rouge_l']}, BERTScore {REFERENCE_NUMBERS['bertscore_f1']}.",
         "",
+        *_per_class_markdown(models),
         "## Notes",
         "",
         *[f"- **{name}**: {text}" for name, text in report["metric_definitions"].items()],
@@ -222,6 +291,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failed samples", ""]
         lines += [f"- {label}: `{f['video']}` ({f['id']}): {f['error']}" for label, f in failures]
     return "\n".join(lines) + "\n"
+
+
+def _per_class_markdown(models: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for m in models:
+        if not m["per_class"]:
+            continue
+        lines += [f"### Per exercise: {m['label']}", "", "| exercise | n | identified | ROUGE-L | METEOR | similarity |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in m["per_class"].items():
+            lines.append(
+                f"| {name} | {entry['n']} | {_fmt_accuracy(entry['exercise_accuracy'])} | {_fmt(entry['rouge_l'])} | "
+                f"{_fmt(entry['meteor'])} | {_fmt(entry['sentence_similarity'])} |"
+            )
+        lines.append("")
+    return lines
 
 
 def write_report(report: dict[str, Any], output_dir: Path) -> tuple[Path, Path]:

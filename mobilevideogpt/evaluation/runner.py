@@ -1,7 +1,8 @@
 """Evaluate one or more models on a split file: resumable predictions, then one report for all of them.
 
 For each model, predictions go to `output_dir/<label>/predictions.jsonl` (+ `run_config.json`), resumable; then
-one report for all models: `output_dir/report.json` and `output_dir/report.md`. Default output_dir:
+one report for all models: `output_dir/report.json`, `report.md` and a self-contained `report.html` (plots, and
+per sample the video's first frame, the reference and each prediction). Default output_dir:
 `results/eval/<split name>/<label>[_vs_<label>...]`.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from ..checkpoints import ModelSource, is_training_output, resolve_model_path
 from ..constants import DEFAULT_SYSTEM_PROMPT
 from .bertscore import DEFAULT_BERTSCORE_MODEL, bertscore_f1
+from .html_report import write_html
 from .metrics import meteor_scorer
 from .predictions import (
     PREDICTIONS_FILE,
@@ -31,6 +33,7 @@ from .predictions import (
     run_predictions,
 )
 from .report import ModelRun, build_report, completed_pairs, write_report
+from .similarity import sentence_similarity
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class EvaluationSettings:
     bertscore_model: str = DEFAULT_BERTSCORE_MODEL
     bertscore_layers: int | None = None
     bertscore: bool = True
+    similarity: bool = True
     progress: bool = True
 
 
@@ -179,17 +183,18 @@ def evaluate(settings: EvaluationSettings, log: Callable[[str], None] = logger.i
             check_run_config(model_dir, config, settings.overwrite)
             predict(model_path, sources[i], label, samples, model_dir, settings, log)
         run = ModelRun(label, config, read_predictions(model_dir / PREDICTIONS_FILE))
+        pairs = completed_pairs(samples, run)
+        predictions, references = [record["prediction"] for _, record in pairs], [s.reference for s, _ in pairs]
         if settings.bertscore:
-            pairs = completed_pairs(samples, run)
             run.bertscore = bertscore_f1(
-                [record["prediction"] for _, record in pairs],
-                [sample.reference for sample, _ in pairs],
-                model=settings.bertscore_model,
-                num_layers=settings.bertscore_layers,
+                predictions, references, model=settings.bertscore_model, num_layers=settings.bertscore_layers
             )
+        if settings.similarity:
+            run.similarity = sentence_similarity(predictions, references)
         runs.append(run)
 
     note = f"First {len(samples)} of {len(all_samples)} samples (--limit)." if len(samples) < len(all_samples) else ""
     report = build_report(str(settings.split), samples, runs, meteor, note)
     write_report(report, output_dir)
+    write_html(report, samples, {run.label: run.records for run in runs}, output_dir)
     return output_dir, report
