@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from mobilevideogpt.checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT
 from mobilevideogpt.cli import run_command
 from tests.cli_helpers import assert_one_line_error
@@ -137,3 +139,24 @@ def test_mvgpt_infer_is_the_same_command(capsys, mvgpt_trained_run, sample_datas
     assert run_command("infer", args) == 0
     via_script = json.loads(capsys.readouterr().out)
     assert via_mvgpt["text"] == via_script["text"] and via_mvgpt["prompt"] == GUIDE_PROMPT
+
+
+def test_a_whitespace_only_answer_is_said_in_one_line(capsys, monkeypatch, mvgpt_fast_checkpoint, sample_dataset_dir):
+    from transformers import AutoTokenizer
+
+    from mobilevideogpt.chat import VideoChat
+
+    space = AutoTokenizer.from_pretrained(mvgpt_fast_checkpoint).encode(" ", add_special_tokens=False)[0]
+    load = VideoChat.from_pretrained
+
+    def spaces_only(*args, **kwargs):
+        chat = load(*args, **kwargs)
+        chat.model.lm_head.register_forward_hook(lambda module, inputs, output: output.index_add_(
+            -1, torch.tensor([space]), torch.full((*output.shape[:-1], 1), 1e4)))
+        return chat
+
+    monkeypatch.setattr(VideoChat, "from_pretrained", spaces_only)
+    code, out, err = run_cli(capsys, "--model_path", mvgpt_fast_checkpoint, "--video_path",
+                             sample_dataset_dir / GUIDE_VIDEO, "--max_new_tokens", 3)  # fmt: skip
+    assert code == 0 and out.strip() == ""
+    assert err.count("whitespace only") == 1

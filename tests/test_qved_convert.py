@@ -321,3 +321,19 @@ def test_path_normalisation_and_resolution(tmp_path):
     assert resolve_annotation_video("mydata/squats/a.mp4", annotation) == dataset / "squats" / "a.mp4"
     assert resolve_annotation_video("squats/a.mp4", annotation) == dataset / "squats" / "a.mp4"  # published form
     assert resolve_annotation_video("mydata/squats/zz.mp4", annotation) == dataset / "squats" / "zz.mp4"
+
+
+def test_a_share_of_training_prompts_can_name_no_exercise(sample_dataset_copy):
+    generic = "Analyze this exercise video and provide corrective feedback."
+    _run(sample_dataset_copy, test_ratio=0.2, generic_prompt_ratio=0.5)
+    train = _read(sample_dataset_copy / "qved_train.json")
+    asked = [record["conversations"][0]["value"] for record in train]
+    share = asked.count(generic) / len(asked)
+    assert 0.25 <= share <= 0.75  # 24 videos, each a fair draw
+    # The answer still names the exercise; the test split keeps the guide's prompt.
+    assert all(" - " in record["conversations"][1]["value"] for record in train)
+    assert generic not in {r["conversations"][0]["value"] for r in _read(sample_dataset_copy / "qved_test.json")}
+    _run(sample_dataset_copy, test_ratio=0.2, generic_prompt_ratio=0.5)
+    assert _read(sample_dataset_copy / "qved_train.json") == train  # the same draw every time
+    _run(sample_dataset_copy, test_ratio=0.2)
+    assert generic not in {r["conversations"][0]["value"] for r in _read(sample_dataset_copy / "qved_train.json")}

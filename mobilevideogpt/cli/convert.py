@@ -36,11 +36,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--test-ratio", type=_ratio, default=0.0, help="fraction of videos per exercise for qved_test.json (default 0)"
     )
     parser.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    parser.add_argument(
+        "--generic-prompt-ratio",
+        type=float,
+        default=0.0,
+        help="share of training prompts that name no exercise ('Analyze this exercise video ...'), so the model "
+        "learns to tell the exercise from the video (default 0: every prompt names it, as in the guide)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..qved.convert import convert
 
+    if not 0 <= args.generic_prompt_ratio <= 1:
+        print("error: --generic-prompt-ratio must be between 0 and 1", file=sys.stderr)
+        return 2
     if args.val_ratio + args.test_ratio >= 1:
         print("error: --val-ratio + --test-ratio must be below 1 (train needs samples)", file=sys.stderr)
         return 2
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             log=print,
             warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+            generic_prompt_ratio=args.generic_prompt_ratio,
         )
     except OSError as exc:
         raise OSError(f"cannot write the annotation files: {exc}") from exc

@@ -136,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
         emit("\n")
     else:
         print(result.text, flush=True)
+    if not result.text:
+        status(
+            f"(the model answered with {result.num_new_tokens} token(s) of whitespace only: an untrained or random "
+            "model? Finetune it first, e.g. `mvgpt demo`)"
+        )
     status(f"Prompt: {result.prompt}")
     status(_summary(result, config.num_frames))
     return 0

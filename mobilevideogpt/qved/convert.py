@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import PROMPT_TEMPLATE, SPLIT_FILES, SPLITS, exercise_name
+from . import SPLIT_FILES, SPLITS, exercise_name, exercise_prompt
 from .paths import dataset_relpath
 
 DEFAULT_SEED = 42
@@ -62,11 +62,12 @@ class QvedSample:
     def exercise(self) -> str:
         return exercise_name(self.exercise_class)
 
-    def to_record(self, video: str, split: str) -> dict[str, Any]:
+    def to_record(self, video: str, split: str, generic_prompt: bool = False) -> dict[str, Any]:
+        """The annotation record; `generic_prompt` asks without naming the exercise (the answer still names it)."""
         return {
             "video": video,
             "conversations": [
-                {"from": "human", "value": PROMPT_TEMPLATE.format(exercise=self.exercise)},
+                {"from": "human", "value": exercise_prompt(None if generic_prompt else self.exercise)},
                 {"from": "gpt", "value": self.answer},
             ],
             "split": split,
@@ -245,6 +246,11 @@ def split_samples(
     return result
 
 
+def _draw(seed: int, relpath: str) -> float:
+    """A number in [0, 1) fixed by (seed, video): which training prompts are generic does not depend on order."""
+    return random.Random(f"{seed}/generic/{relpath}").random()
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write atomically (temp file + rename) so an interrupted run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +271,12 @@ def convert(
     seed: int = DEFAULT_SEED,
     log: Callable[[str], None] = logger.info,
     warn: Callable[[str], None] = logger.warning,
+    generic_prompt_ratio: float = 0.0,
 ) -> ConversionResult:
     """Read the label and manifest files, write `qved_train.json` (+ `qved_val/test.json` with ratios).
+
+    `generic_prompt_ratio` of the training records (chosen per video, fixed by `seed`) ask the generic question
+    that names no exercise, so a model learns to tell the exercise from the video, not from the prompt.
 
     Raises:
         QvedInputError: a missing/malformed input file, or no usable record at all.
@@ -294,7 +304,11 @@ def convert(
     result = ConversionResult(splits={}, total_records=total, kept=len(samples), warnings=warnings)
     for split in wanted:
         records = [
-            sample.to_record(Path(os.path.relpath(dataset_dir / sample.relpath, output_dir.parent)).as_posix(), split)
+            sample.to_record(
+                Path(os.path.relpath(dataset_dir / sample.relpath, output_dir.parent)).as_posix(),
+                split,
+                generic_prompt=split == "train" and _draw(seed, sample.relpath) < generic_prompt_ratio,
+            )
             for sample in by_split[split]
         ]
         target = output_dir / SPLIT_FILES[split]
