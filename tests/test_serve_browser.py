@@ -28,6 +28,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Chromium's built-in test camera (a moving pattern) and no permission prompt, for the webcam test.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 SETUP_HINT = "run the project's setup (as root: `apt-get install -y chromium`; then `pip install -e '.[dev]'`)"
 TIMEOUT_MS = 60_000
@@ -87,6 +90,7 @@ def browser(tmp_path_factory):
             headless=True,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1400, "height": 1000},
+            permissions=["camera", "microphone"],
         )
         context.set_default_timeout(TIMEOUT_MS)
         yield context
@@ -226,6 +230,28 @@ def test_a_file_that_is_not_a_video_gets_a_clear_message(page, tmp_path):
     upload(page, write_video(tmp_path / "real.mp4"))
     page.locator("#ask-button").click()
     page.wait_for_function("() => document.querySelector('#ask-status').innerText.includes('Done')")
+
+
+def test_record_from_the_webcam_and_ask(page, tmp_path):
+    sampled_generation(page, 8)
+    page.get_by_label("Capture from camera").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(  # the live picture runs before recording starts
+        "() => { const v = document.querySelector('#ask-video video'); return v && v.srcObject && v.readyState >= 2; }"
+    )
+    page.locator("#ask-video button", has_text="Record").click()
+    page.wait_for_timeout(5000)  # the test camera runs slowly on a loaded machine: record enough frames
+    page.locator("#ask-video button", has_text="Stop").click()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#ask-video video'); return v && v.currentSrc.includes('/gradio_api/file='); }"
+    )
+    page.locator("#ask-button").click()
+    try:
+        page.wait_for_function("() => document.querySelector('#ask-status').innerText.includes('Done')")
+    finally:
+        shoot(page, tmp_path, "ask_webcam")
+    assert text_of(page, "#ask-answer-0 textarea").strip()
+    assert "first token" in page.locator("#ask-timings-0").inner_text()
 
 
 def playback(page) -> dict:

@@ -37,7 +37,7 @@ from .context import ServerContext
 from .models import NotAVideoError, ServedModel
 from .paths import PathNotAllowed
 from .uploads import CHUNK_BYTES, decode_data_url, reason
-from .worker import Job, QueueFull, WorkerClosed, start_job
+from .worker import Job, QueueFull, WorkerClosed, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +319,11 @@ def build_router(ctx: ServerContext) -> APIRouter:
     async def delete_file(file_id: str) -> dict:
         return {"id": ctx.uploads.delete(file_id).id, "object": "file", "deleted": True}
 
-    async def queue_job(chat: ChatRequest) -> Job:
-        """Resolve the video URL to a file, queue the answer; the inline copy of a data URL is removed once decoded."""
-        url = chat.video_url
-        temporary: Path | None = None
+    def locate(url: str) -> tuple[Path, bool]:
+        """The file a video URL names, and whether it is a temporary copy (of a data URL) to delete."""
         if url.startswith("data:"):
-            temporary = ctx.uploads.write_temporary(decode_data_url(url, ctx.max_upload_bytes))
-            path = temporary
-        elif url.startswith("file:"):
+            return ctx.uploads.write_temporary(decode_data_url(url, ctx.max_upload_bytes)), True
+        if url.startswith("file:"):
             try:
                 path = ctx.roots.resolve_file_url(url)
             except PathNotAllowed as err:
@@ -335,32 +332,43 @@ def build_router(ctx: ServerContext) -> APIRouter:
                 raise APIError(400, str(err), "invalid_video_url", "messages") from err
             if not path.is_file():
                 raise APIError(404, f"no such file: {url[:200]}", "file_not_found", "messages")
-        elif FILE_ID.fullmatch(url):
-            path = ctx.uploads.get(url).path
-        else:
-            raise APIError(
-                400,
-                "video_url.url must be a data: URL, the id of a file uploaded with POST /v1/files, or a file:// path "
-                "under an allowed directory; this server does not fetch remote URLs",
-                "invalid_video_url",
-                "messages",
-            )
+            return path, False
+        if FILE_ID.fullmatch(url):
+            return ctx.uploads.get(url).path, False
+        raise APIError(
+            400,
+            "video_url.url must be a data: URL, the id of a file uploaded with POST /v1/files, or a file:// path "
+            "under an allowed directory; this server does not fetch remote URLs",
+            "invalid_video_url",
+            "messages",
+        )
+
+    async def queue_job(chat: ChatRequest) -> Job:
+        """Take a place in the queue on arrival, then fetch and decode the video (off the event loop)."""
         try:
-            return await start_job(ctx.worker, chat.model, path, chat.prompt, **chat.settings())
+            job = ctx.worker.reserve()
         except QueueFull as err:
             raise queue_full_error(err) from err
         except WorkerClosed as err:
             raise APIError(503, str(err), "shutting_down") from err
+        try:
+            path, temporary = await asyncio.to_thread(locate, chat.video_url)
+        except BaseException:
+            job.cancel()
+            raise
+        try:
+            return await prepare(job, chat.model, path, chat.prompt, **chat.settings())
         except (VideoDecodeError, NotAVideoError) as err:
             raise video_error(err) from err
         finally:
-            if temporary is not None:
-                temporary.unlink(missing_ok=True)
+            if temporary:
+                path.unlink(missing_ok=True)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            body = json.loads(await request.body())
+            # A body with an inline video can be large: parse it off the event loop.
+            body = await asyncio.to_thread(json.loads, await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from err
         chat = parse_chat_request(body, ctx)

@@ -294,13 +294,12 @@ class ModelWorker:
         return Event("finished", result=result)
 
 
-async def start_job(worker: ModelWorker, model: ServedModel, video_path, prompt: str, **settings) -> Job:
-    """Queue one answer: take a place in arrival order, decode the video off the event loop, hand it over.
+async def prepare(job: Job, model: ServedModel, video_path, prompt: str, **settings) -> Job:
+    """Decode the video off the event loop and hand the request to the worker.
 
-    Raises `QueueFull` / `WorkerClosed` (no place), `VideoDecodeError` / `NotAVideoError` (bad video); the
-    place is given back on any failure, so a bad request never holds up the queue.
+    Raises `VideoDecodeError` / `NotAVideoError` for a bad video; the job's place is given back on any failure,
+    so a bad request never holds up the queue.
     """
-    job = worker.reserve()
     try:
         inputs, decode_s = await asyncio.to_thread(model.load_inputs, video_path)
         job.submit(Request(model, inputs, prompt, decode_s, **settings))
@@ -308,3 +307,8 @@ async def start_job(worker: ModelWorker, model: ServedModel, video_path, prompt:
         job.cancel()
         raise
     return job
+
+
+async def start_job(worker: ModelWorker, model: ServedModel, video_path, prompt: str, **settings) -> Job:
+    """Take a place in arrival order (`QueueFull` / `WorkerClosed` when there is none), then `prepare`."""
+    return await prepare(worker.reserve(), model, video_path, prompt, **settings)
