@@ -1,6 +1,6 @@
 """`mvgpt serve`'s OpenAI-compatible API, against a real server process on the tiny fast checkpoint.
 
-One server serves the whole module (queue of 2 waiting requests, 1 MiB uploads, one allowed directory).
+One server serves the whole module (queue of 3 waiting requests, 1 MiB uploads, one allowed directory).
 Random tiny models write junk, so the tests check structure — chunks, finish reasons, token counts, status
 codes, error objects, order — never the words.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import pytest
 from tests.serve_server import REPO, start_server, write_video
 
 MAX_UPLOAD_MB = 1
-QUEUE_SIZE = 2
+QUEUE_SIZE = 3
 PROMPT = "Analyze this squats video and provide corrective feedback."
 
 
@@ -78,7 +79,8 @@ def chat_body(model_id: str, url: str, **extra) -> dict:
 
 def post(server, body, timeout: float = 120) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(f"{server.url}/v1/chat/completions", content=content, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    return httpx.post(f"{server.url}/v1/chat/completions", content=content, headers=headers, timeout=timeout)
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None, fragment: str = "") -> dict:
@@ -222,6 +224,26 @@ def test_the_page_serves_no_file_outside_the_allowed_roots(server, allowed, mvgp
     assert fetch(f"{allowed}/../{allowed.name}-outside/x") in (403, 404)
 
 
+def test_other_web_sites_cannot_read_answers(server, model_id, allowed):
+    """No CORS grant: a page from another origin open in the user's browser cannot read the API's answers,
+    nor make the model work."""
+    origin = {"Origin": "http://attacker.example"}
+    assert "access-control-allow-origin" not in httpx.get(f"{server.url}/v1/models", headers=origin).headers
+    body = json.dumps(chat_body(model_id, (allowed / "clip.mp4").as_uri()))
+    headers = {**origin, "Content-Type": "application/json"}
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=headers, timeout=60)
+    assert "access-control-allow-origin" not in response.headers
+    # What a page may send without asking first (a "simple" request) is refused before it queues any work.
+    simple = {**origin, "Content-Type": "text/plain"}
+    refused = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers=simple, timeout=60)
+    assert_error(refused, 415, "invalid_content_type")
+    preflight = httpx.options(
+        f"{server.url}/v1/chat/completions",
+        headers={**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
 def test_bad_videos_are_refused_and_the_worker_keeps_going(server, client, model_id, video_bytes, tmp_path):
     import cv2
     import numpy as np
@@ -304,84 +326,103 @@ def test_malformed_requests_get_openai_errors(server, model_id, allowed, body, s
     assert_error(post(server, body), status, code)
 
 
+@contextlib.contextmanager
+def model_held(server, model_id: str, video_bytes: bytes):
+    """Keep the model busy with a long streamed answer until the block ends (then the client leaves)."""
+    body = chat_body(model_id, data_url(video_bytes), stream=True, max_tokens=3000, min_tokens=3000, temperature=1.0)
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as s,
+    ):
+        lines = s.iter_lines()
+        assert any(line.startswith("data: ") and '"content": "' in line and '"role"' not in line for line in lines)
+        assert health(server)["queue"]["running"] is not None
+        yield lines
+
+
+def queue_in_order(server, send, count: int, already_waiting: int = 0) -> list[threading.Thread]:
+    """Start `send(i)` for i < count, each once the previous one holds its place in the queue."""
+    threads = []
+    for index in range(count):
+        threads.append(threading.Thread(target=send, args=(index,)))
+        threads[-1].start()
+        expected = already_waiting + index + 1
+        wait_until(lambda n=expected: health(server)["queue"]["waiting"] == n, 30, f"request {index} never queued")
+    return threads
+
+
 def test_concurrent_requests_are_all_answered_in_order_of_arrival(server, model_id, video_bytes):
-    served_before = health(server)["queue"]["served"]
-    count = QUEUE_SIZE + 1  # one running, the rest waiting: the whole capacity
+    before = health(server)["queue"]
     finished: dict[int, float] = {}
     responses: dict[int, httpx.Response] = {}
 
     def send(index: int) -> None:
-        body = chat_body(model_id, data_url(video_bytes), max_tokens=24, min_tokens=24, temperature=1.0, seed=index)
+        body = chat_body(model_id, data_url(video_bytes), max_tokens=32, min_tokens=32, temperature=1.0, seed=index)
         responses[index] = post(server, body)
         finished[index] = time.monotonic()
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.15)  # a clear order of arrival
+    with model_held(server, model_id, video_bytes):
+        threads = queue_in_order(server, send, QUEUE_SIZE)  # the queue's whole capacity, waiting at once
     for thread in threads:
         thread.join(120)
-    assert sorted(responses) == list(range(count))
+    assert sorted(responses) == list(range(QUEUE_SIZE)), "a request got no answer"
     for response in responses.values():
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["completion_tokens"] == 24
-    assert sorted(finished, key=finished.get) == list(range(count)), "answers finished out of arrival order"
-    assert health(server)["queue"]["served"] == served_before + count
+        assert response.json()["usage"]["completion_tokens"] == 32
+    assert sorted(finished, key=finished.get) == list(range(QUEUE_SIZE)), "answers finished out of arrival order"
+    after = health(server)["queue"]
+    assert after["served"] == before["served"] + QUEUE_SIZE and after["failed"] == before["failed"]
+
+
+def open_request(server, body: dict) -> socket.socket:
+    """A chat request sent on a raw connection, so the test decides when the client goes away."""
+    host, port = server.url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    connection = socket.create_connection((host, int(port)))
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    connection.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return connection
 
 
 def test_full_queue_503_and_disconnect_frees_the_model(server, model_id, video_bytes):
-    status_before = health(server)["queue"]
-    long_body = chat_body(
-        model_id, data_url(video_bytes), stream=True, max_tokens=3000, min_tokens=3000, temperature=1.0
-    )
-    waiting_results: dict[str, object] = {}
+    before = health(server)["queue"]
+    answered: dict[int, tuple[int, float]] = {}
 
-    def wait_for_answer(name: str, timeout_s: float) -> None:
-        try:
-            response = post(server, chat_body(model_id, data_url(video_bytes), max_tokens=3), timeout=timeout_s)
-            waiting_results[name] = (response.status_code, time.monotonic())
-        except httpx.TimeoutException:
-            waiting_results[name] = ("gave up", time.monotonic())
+    def send(index: int) -> None:
+        response = post(server, chat_body(model_id, data_url(video_bytes), max_tokens=3))
+        answered[index] = (response.status_code, time.monotonic())
 
-    with httpx.Client(timeout=120) as long_client:
-        with long_client.stream("POST", f"{server.url}/v1/chat/completions", json=long_body) as stream:
-            lines = stream.iter_lines()
-            assert any(line.startswith("data: ") and '"content": "' in line and '"role"' not in line for line in lines)
-            assert health(server)["queue"]["running"] is not None
+    with model_held(server, model_id, video_bytes) as lines:
+        patient = queue_in_order(server, send, QUEUE_SIZE - 1)
+        impatient = open_request(server, chat_body(model_id, data_url(video_bytes), max_tokens=3))
+        wait_until(lambda: health(server)["queue"]["waiting"] == QUEUE_SIZE, 30, "the last place was never taken")
 
-            # The queue fills: one client that waits, one that gives up while waiting.
-            patient = threading.Thread(target=wait_for_answer, args=("patient", 120))
-            impatient = threading.Thread(target=wait_for_answer, args=("impatient", 2.5))
-            patient.start()
-            wait_until(lambda: health(server)["queue"]["waiting"] == 1, 30, "the first waiting request never queued")
-            impatient.start()
-            wait_until(lambda: health(server)["queue"]["waiting"] == 2, 30, "the second waiting request never queued")
+        refused = post(server, chat_body(model_id, data_url(video_bytes)))
+        assert_error(refused, 503, "queue_full", "retry")
+        assert int(refused.headers["Retry-After"]) >= 1
 
-            refused = post(server, chat_body(model_id, data_url(video_bytes)))
-            assert_error(refused, 503, "queue_full", "retry")
-            assert int(refused.headers["Retry-After"]) >= 1
+        # A waiting client that goes away gives its place back without reaching the model.
+        impatient.close()
+        wait_until(
+            lambda: health(server)["queue"]["waiting"] == QUEUE_SIZE - 1,
+            10,
+            "a disconnected waiting request kept its place",
+        )
+        for _ in range(3):  # a few more tokens, then the streaming client leaves too
+            next(lines)
+    left_at = time.monotonic()
 
-            # The impatient client left: its place is freed without reaching the model.
-            impatient.join(30)
-            assert waiting_results["impatient"][0] == "gave up"
-            wait_until(
-                lambda: health(server)["queue"]["waiting"] == 1, 10, "a disconnected waiting request kept its place"
-            )
-            # Leave the long stream after a few more tokens.
-            for _ in range(3):
-                next(lines)
-        left_at = time.monotonic()
-
-    patient.join(60)
-    status, answered_at = waiting_results["patient"]
-    assert status == 200
+    for thread in patient:
+        thread.join(120)
+    assert [answered[i][0] for i in range(QUEUE_SIZE - 1)] == [200] * (QUEUE_SIZE - 1)
     # 3000 tokens take far longer than this on any CPU: the abandoned generation was stopped.
-    assert answered_at - left_at < 15, f"the model was busy {answered_at - left_at:.1f} s after the client left"
+    delay = answered[0][1] - left_at
+    assert delay < 15, f"the model was busy {delay:.1f} s after the client left"
     after = wait_until(
         lambda: (q := health(server)["queue"])["running"] is None and q, 15, "the worker never went idle"
     )
-    assert after["waiting"] == 0
-    assert after["cancelled"] == status_before["cancelled"] + 2 and after["failed"] == 0
+    assert after["waiting"] == 0 and after["failed"] == before["failed"]
+    assert after["cancelled"] == before["cancelled"] + 2
 
 
 @pytest.mark.parametrize("case", ["missing allowed root", "port in use"])

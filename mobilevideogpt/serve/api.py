@@ -11,7 +11,7 @@ format (`stream_options.include_usage` adds the usage chunk). Like llama.cpp's s
 
 Every refusal is an OpenAI error object `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
 request or an unreadable video, 403 for a path outside the allowed directories, 404 for an unknown model or
-file, 413 for a video over the size limit, 503 with `Retry-After` when the queue is full.
+file, 413 for a video over the size limit, 415 for a body not sent as `application/json`, 503 with `Retry-After` when the queue is full.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -366,6 +367,12 @@ def build_router(ctx: ServerContext) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        # Browsers send only "simple" content types across sites without asking first: requiring JSON keeps
+        # pages from other origins from queueing work here.
+        if not request.headers.get("content-type", "").lower().startswith("application/json"):
+            raise APIError(
+                415, "send the request as JSON with the header Content-Type: application/json", "invalid_content_type"
+            )
         try:
             # A body with an inline video can be large: parse it off the event loop.
             body = await asyncio.to_thread(json.loads, await request.body())

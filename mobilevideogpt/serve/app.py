@@ -144,10 +144,7 @@ def create_app(
             ctx.worker.close()
             ctx.uploads.close()
 
-    app = FastAPI(
-        title="Mobile-VideoGPT", lifespan=lifespan, docs_url="/v1/docs", redoc_url=None, openapi_url="/v1/openapi.json"
-    )
-    app.state.context = ctx
+    app = FastAPI(title="Mobile-VideoGPT", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for kind, handler in _error_handlers().items():
         app.add_exception_handler(kind, handler)
     app.add_middleware(
