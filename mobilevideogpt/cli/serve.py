@@ -8,6 +8,7 @@ It listens on 127.0.0.1 unless --host says otherwise, and reads no file outside 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import shutil
 import sys
 import tempfile
@@ -90,6 +91,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
     roots = AllowedRoots(args.allow_roots)
     sock = bind(args.host, args.port)
+    if not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can use the models and read "
+            "videos under --allow-root (there is no login)",
+            file=sys.stderr,
+        )
     workdir = tempfile.mkdtemp(prefix="mvgpt-serve-")
     try:
         label = args.model_path + (f" and {args.compare}" if args.compare else "")
