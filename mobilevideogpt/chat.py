@@ -208,6 +208,7 @@ class VideoChat:
         top_p: float = 1.0,
         min_new_tokens: int = 0,
         seed: int | None = None,
+        system_prompt: str | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> ChatResult:
         """Answer `prompt` about `video` (a path, or frames from `load_video`).
@@ -222,7 +223,7 @@ class VideoChat:
             raise ValueError("the prompt is empty; ask a question about the video")
         inputs = video if isinstance(video, VideoInputs) else self.load_video(video)
         decoded = time.perf_counter()
-        input_ids = torch.tensor([self.processor.prompt_ids(prompt)], device=self.device)
+        input_ids = torch.tensor([self.processor.prompt_ids(prompt, system=system_prompt)], device=self.device)
         if seed is not None:
             torch.manual_seed(seed)
 

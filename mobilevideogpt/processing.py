@@ -277,9 +277,11 @@ class VideoTextProcessor:
     def from_model_config(cls, tokenizer, config, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> VideoTextProcessor:
         return cls(tokenizer, config.num_frames, config.clip_vision().image_size, system_prompt)
 
-    def prompt_ids(self, question: str, has_video: bool = True) -> list[int]:
-        """Token ids of the inference prompt for `question`, with one placeholder when `has_video`."""
-        return tokenize_with_placeholders(render_prompt(question, self.system_prompt, has_video), self.tokenizer)
+    def prompt_ids(self, question: str, has_video: bool = True, system: str | None = None) -> list[int]:
+        """Token ids of the inference prompt for `question` (one placeholder when `has_video`); `system` replaces
+        the processor's system prompt for this prompt only."""
+        text = render_prompt(question, self.system_prompt if system is None else system, has_video)
+        return tokenize_with_placeholders(text, self.tokenizer)
 
     def conversation_ids(self, conversation: Conversation) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of a whole parsed conversation (training)."""

@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "train",
     "infer": "infer",
     "eval": "evaluate",
+    "serve": "serve",
     "merge": "merge",
     "sample-data": "sample_data",
     "tiny-checkpoint": "tiny_checkpoint",
