@@ -52,6 +52,21 @@ def test_live_writes_events_subtitles_summary_and_a_captioned_copy(mvgpt_fast_ch
     capture.release()
 
 
+def test_live_on_a_stream_records_it_and_captions_the_recording(mvgpt_fast_checkpoint, sessions_file, tmp_path, capsys):
+    video = sessions_file.parent / "session_01.mp4"
+    out = tmp_path / "stream"
+    url = video.resolve().as_uri()  # file:///…: OpenCV opens it as a stream, read as fast as it decodes
+    args = parse(live, ["--model_path", mvgpt_fast_checkpoint, "--video_path", url, "--window", 4, "--stride", 2,
+                        "--out", out, "--burn-in", "--max_new_tokens", 2, "--device", "cpu"])
+    assert live.run(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["live"] and summary["video"] == url
+    complete = int(frame_count(video) / 10 // 2)
+    assert summary["windows_answered"] + summary["windows_skipped"] == complete and summary["windows_answered"] >= 1
+    assert frame_count(out / "capture.mp4") == frame_count(out / "feedback.mp4") == frame_count(video)
+    assert "skipped" in capsys.readouterr().err or summary["windows_skipped"] == 0
+
+
 def test_live_refuses_bad_input_in_one_line_before_loading_the_model(tmp_path, capsys):
     args = parse(live, ["--model_path", tmp_path / "no-model", "--video_path", tmp_path / "missing.mp4"])
     assert live.run(args) == 1

@@ -31,6 +31,7 @@ HELP = "score timestamped live feedback (events.jsonl) against timestamped refer
 
 EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
+DEFAULT_OUTPUT_DIR = Path("results/eval/live")
 
 
 class LiveEvalError(ValueError):
@@ -44,7 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--references", required=True, type=Path, help="label file: {video: [{time, text}, ...]}")
     parser.add_argument("--tolerance", type=float, default=3.0, help="seconds within which feedback matches (default 3, QEVD)")
-    parser.add_argument("--output_dir", "--output-dir", type=Path, help="where the report goes (default: next to the references)")
+    parser.add_argument(
+        "--output_dir", "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
+        help=f"where the report goes (default {DEFAULT_OUTPUT_DIR})",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
@@ -180,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         "unscored_sessions": unscored,
     }
     markdown = render_markdown(rows, pooled, args.tolerance, meteor.label, unscored)
-    out = args.output_dir or args.references.parent
+    out = args.output_dir
     try:
         write_json(out / "live_report.json", report)
         (out / "live_report.md").write_text(markdown, encoding="utf-8")

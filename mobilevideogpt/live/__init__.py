@@ -11,5 +11,6 @@ One concept per module:
 - `session`: the live loop (window → answer → event), with real-time pacing and window skipping;
 - `labels`: the timestamped feedback label format (references and training labels);
 - `scoring`: T-F-Score with METEOR / ROUGE-L on time-matched feedback, as QEVD scores live feedback;
-- `dataset`: long labelled sessions → window samples for finetuning.
+- `dataset`: long labelled sessions → window samples for finetuning;
+- `defaults`: window, stride, threshold and generation defaults, importable without torch.
 """

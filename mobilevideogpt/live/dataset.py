@@ -16,6 +16,7 @@ models makes 16-frame clips.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from mobilevideogpt.live.suppress import NO_FEEDBACK_ANSWER
 from mobilevideogpt.live.windows import Window, WindowPlan
 
 CLIP_SUFFIX = ".mkv"
+_CLIP_NAME = re.compile(r"^\d{5}_\d+-\d+\.mkv$")  # what `clip_name` writes
 CLIP_FOURCC = "FFV1"
 # A clip of exactly `num_frames` frames at 1 fps is sampled whole by the training sampler (its 1 fps grid has
 # exactly `num_frames` points).
@@ -75,6 +77,18 @@ def write_clip(path: Path, frames: Sequence[np.ndarray]) -> None:
         writer.release()
 
 
+def clip_name(window: Window) -> str:
+    return f"{window.index:05d}_{window.start_frame}-{window.end_frame}{CLIP_SUFFIX}"
+
+
+def remove_clips(folder: Path) -> None:
+    """Delete the clips an earlier run wrote into `folder` (only files named like clips; nothing else)."""
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_file() and _CLIP_NAME.match(entry.name):
+                entry.unlink()
+
+
 def clip_folder(key: str) -> Path:
     """Where a session's clips go, relative to the clip root: its path without suffix, `..` and root."""
     parts = [part for part in Path(key).with_suffix("").parts if part not in ("..", ".") and part != Path(key).anchor]
@@ -91,19 +105,21 @@ def session_window_samples(
     num_frames: int = NUM_FRAMES,
     silence: str = NO_FEEDBACK_ANSWER,
 ) -> tuple[list[WindowSample], list[Feedback]]:
-    """Cut one session (decoded once) into window samples, writing their clips into `clip_dir`.
+    """Cut one session (decoded once) into window samples, writing their clips into `clip_dir` (replacing the
+    clips of an earlier run).
 
     Returns the samples and the feedback no window holds (given after the last window's end).
     Raises `FrameSourceError` for an unreadable video, ValueError for an unusable plan."""
     if session.video is None:
         raise ValueError("window samples need sessions named by their video, not a bare feedback list")
-    clip_dir.mkdir(parents=True, exist_ok=True)
     source = VideoFileSource(session.video)
     plan = WindowPlan.create(source.fps, window_s, stride_s, num_frames)
+    remove_clips(clip_dir)
+    clip_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     with open_stream(source, plan) as stream:
         for window, frames in cut_windows(stream, plan):
-            clip = clip_dir / f"{window.index:05d}_{window.start_frame}-{window.end_frame}{CLIP_SUFFIX}"
+            clip = clip_dir / clip_name(window)
             write_clip(clip, frames)
             samples.append(WindowSample(session.key, window, window_answer(session.feedback, window, silence), clip))
     covered_until = samples[-1].window.end_s if samples else 0.0

@@ -52,8 +52,6 @@ class FrameSource:
         self.name = name  # for messages
         self.uri = uri  # what events record as their video: a resolved file path, camera index or URL
         self.fps = float(capture.get(cv2.CAP_PROP_FPS))
-        self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.record_to = Path(record_to) if record_to is not None else None
         self._writer: cv2.VideoWriter | None = None
         self._stop = threading.Event()
@@ -110,7 +108,7 @@ class VideoFileSource(FrameSource):
     def __init__(self, path: str | Path, realtime: bool = False) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FrameSourceError(f"video not found: {path} (check --video_path)")
+            raise FrameSourceError(f"video not found: {path}")
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
             capture.release()
@@ -119,9 +117,7 @@ class VideoFileSource(FrameSource):
         if not (math.isfinite(self.fps) and self.fps > 0):
             capture.release()
             raise FrameSourceError(f"{path} reports no frame rate, so its frames have no times; re-encode it")
-        self.path = path
         self.live = realtime
-        self.reported_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self._clock_start: float | None = None
 
     def _due(self, index: int) -> None:
@@ -216,9 +212,6 @@ class FrameBuffer:
                 return None
             return [self._frames[i] for i in indices]
 
-    def __len__(self) -> int:
-        return len(self._frames)
-
 
 class FrameStream:
     """A source feeding a `FrameBuffer`: read on demand (offline file) or by a thread at the source's pace."""
@@ -237,10 +230,6 @@ class FrameStream:
     @property
     def live(self) -> bool:
         return self.source.live
-
-    @property
-    def fps(self) -> float:
-        return self.source.fps
 
     @property
     def available(self) -> int:
@@ -265,9 +254,9 @@ class FrameStream:
                 self.ended = True
                 self.buffer.lock.notify_all()
 
-    def wait_for(self, count: int, timeout: float | None = None) -> bool:
-        """Block until `count` frames have been read; False when the source ended (or timed out) first.
-        Raises the reader's error, if it failed."""
+    def wait_for(self, count: int) -> bool:
+        """Block until `count` frames have been read; False when the source ended first. Raises the reader's
+        error, if it failed."""
         if self._thread is None:
             while self.buffer.available < count and not self.ended:
                 try:
@@ -278,7 +267,7 @@ class FrameStream:
             self._raise_error()
             return self.buffer.available >= count
         with self.buffer.lock:
-            self.buffer.lock.wait_for(lambda: self.buffer.available >= count or self.ended, timeout)
+            self.buffer.lock.wait_for(lambda: self.buffer.available >= count or self.ended)
         self._raise_error()
         return self.buffer.available >= count
 

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import random
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,6 @@ from mobilevideogpt.live.labels import LabelError, SessionLabels, load_labels
 LIVE_PROMPT = PROMPT_TEMPLATE.format(exercise="exercise")
 WINDOW_SPLIT_FILES = {split: f"qved_windows_{split}.json" for split in SPLITS}
 CLIPS_FOLDER = "windows"
-_CLIP_NAME = re.compile(r"^\d{5}_\d+-\d+\.mkv$")
 
 
 def split_sessions(
@@ -57,14 +55,6 @@ def split_sessions(
         "val": ordered[n_test : n_test + n_val],
         "train": ordered[n_test + n_val :],
     }
-
-
-def _clear_old_clips(folder: Path) -> None:
-    """Remove clips an earlier run wrote for this session (only files named like our clips)."""
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.is_file() and _CLIP_NAME.match(entry.name):
-                entry.unlink()
 
 
 def convert_windows(
@@ -98,13 +88,11 @@ def convert_windows(
         raise QvedInputError(f"session video(s) not found: {', '.join(missing[:5])} (paths in {labels_path} are "
                              "relative to its folder)")
     # Imported here: parsers import this module for its options and LIVE_PROMPT, and must not load torch.
-    from mobilevideogpt.live.dataset import build_window_samples, clip_folder
+    from mobilevideogpt.live.dataset import build_window_samples
     from mobilevideogpt.live.frames import FrameSourceError
     from mobilevideogpt.live.suppress import NO_FEEDBACK_ANSWER
 
     clip_root = output_dir / CLIPS_FOLDER
-    for session in sessions:
-        _clear_old_clips(clip_root / clip_folder(session.key))
     try:
         by_session = build_window_samples(sessions, clip_root, window_s, stride_s, num_frames, NO_FEEDBACK_ANSWER, warn)
     except (FrameSourceError, ValueError) as exc:
