@@ -105,16 +105,19 @@ def read_events(path: str | os.PathLike) -> list[FeedbackEvent]:
         time = float(item["time"])
         if not (math.isfinite(time) and time >= 0):
             raise EventLogError(f"{path}, line {number}: 'time' must be a number of seconds >= 0, got {time}")
-        events.append(
-            FeedbackEvent(
-                time=time,
-                window_start=float(item.get("window_start", time)),
-                window_end=float(item.get("window_end", time)),
-                text=item["text"],
-                window=int(item.get("window", number)),
-                similarity=item.get("similarity"),
-                latency_s=float(item.get("latency_s", 0.0)),
-                video=str(item.get("video", "")),
+        try:
+            events.append(
+                FeedbackEvent(
+                    time=time,
+                    window_start=float(item.get("window_start", time)),
+                    window_end=float(item.get("window_end", time)),
+                    text=item["text"],
+                    window=int(item.get("window", number)),
+                    similarity=item.get("similarity"),
+                    latency_s=float(item.get("latency_s", 0.0)),
+                    video=str(item.get("video", "")),
+                )
             )
-        )
+        except (TypeError, ValueError) as exc:
+            raise EventLogError(f"{path}, line {number}: an optional field has the wrong type ({exc})") from None
     return events

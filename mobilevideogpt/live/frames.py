@@ -309,8 +309,8 @@ def cut_windows(
 
     Offline every window comes in turn. From a live stream each step takes the most recent complete window:
     windows that completed while the caller was busy are skipped, and `on_skip(first, last)` hears of each
-    skipped run. A source shorter than one stride yields one window over all of it. Frames before the next
-    window are released when the caller asks for it. Raises `FrameSourceError` if the source fails.
+    skipped run. A source shorter than one stride yields one window over all of it. When the caller comes back
+    for the next window, the frames before it leave the buffer. Raises `FrameSourceError` if the source fails.
     """
     k = 1
     while last_window is None or k <= last_window:

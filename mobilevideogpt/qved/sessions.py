@@ -56,10 +56,6 @@ class SessionSpec:
     height: int
     segments: tuple[Segment, ...]
 
-    @property
-    def num_frames(self) -> int:
-        return self.segments[-1].end_frame
-
     def labels(self) -> list[Feedback]:
         """One feedback per segment, at its first frame's time."""
         return [Feedback(segment.start_frame / self.fps, segment.feedback) for segment in self.segments]
@@ -69,7 +65,7 @@ def plan_session(
     name: str,
     rng: np.random.Generator,
     num_segments: int = 3,
-    segment_s: tuple[float, float] = (6.0, 10.0),
+    segment_s: tuple[float, float] = (10.0, 16.0),
     fps: int = 10,
     size: tuple[int, int] = (160, 120),
 ) -> SessionSpec:
@@ -113,7 +109,7 @@ def make_sessions(
     count: int = 3,
     seed: int = 0,
     num_segments: int = 3,
-    segment_s: tuple[float, float] = (6.0, 10.0),
+    segment_s: tuple[float, float] = (10.0, 16.0),
     fps: int = 10,
     size: tuple[int, int] = (160, 120),
     force: bool = False,
