@@ -228,10 +228,12 @@ class VideoChat:
             torch.manual_seed(seed)
 
         with torch.inference_mode():
+            features = inputs.context_features
             spliced = self.model.model.prepare_multimodal_inputs(
                 input_ids,
                 images=inputs.frames[None].to(self.device),
-                context_images=inputs.context_frames[None].to(self.device),
+                context_images=inputs.context_frames[None].to(self.device) if features is None else None,
+                clip_features=features[None].to(self.device) if features is not None else None,
                 padding_side="left",
             )
             self._synchronize()

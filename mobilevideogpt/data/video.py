@@ -113,6 +113,9 @@ class VideoInputs:
     fps: float
     num_total_frames: int
     path: str
+    # (T, L, D) CLIP patch features of `context_frames` when already computed (the model's
+    # `clip_frame_features`, e.g. cached for frames shared by overlapping windows); used instead of a CLIP pass.
+    context_features: torch.Tensor | None = None
 
 
 def _import_decord() -> ModuleType | None:

@@ -52,14 +52,28 @@ class MobileVideoGPTQwenModel(Qwen2Model):
     def projectors(self) -> tuple[EfficientTokenProjector, EfficientTokenProjector]:
         return self.mm_projector, self.image_mm_projector
 
-    def encode_videos(self, images: torch.Tensor, context_images: torch.Tensor) -> torch.Tensor:
-        """images, context_images: (V, T, 3, H, W) → (V, visual_tokens_per_video, hidden) in the LLM dtype."""
+    def clip_frame_features(self, context_frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) CLIP-preprocessed frames → (N, L, Dc) patch features, each frame's as `encode_videos`
+        computes it: stacked per video, they can be passed back as `clip_features` (no CLIP forward then)."""
+        if not self.config.has_vision:
+            raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
+        return self.image_vision_tower(context_frames.to(self.embed_tokens.weight.device))
+
+    def encode_videos(
+        self,
+        images: torch.Tensor,
+        context_images: torch.Tensor | None = None,
+        clip_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """images, context_images: (V, T, 3, H, W) → (V, visual_tokens_per_video, hidden) in the LLM dtype.
+
+        Instead of `context_images`, `clip_features` (V, T, L, Dc) from `clip_frame_features` skips CLIP."""
         if not self.config.has_vision:
             raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
         device = self.embed_tokens.weight.device
         tokens = video_visual_tokens(
             images.to(device),
-            context_images.to(device),
+            context_images.to(device) if context_images is not None else None,
             clip_tower=self.image_vision_tower,
             video_tower=self.vision_tower,
             image_projector=self.image_mm_projector,
@@ -67,6 +81,7 @@ class MobileVideoGPTQwenModel(Qwen2Model):
             chunk_size=self.config.chunk_size,
             k=self.config.num_select_k_frames_in_chunk,
             largest=self.config.topk,
+            clip_features=clip_features.to(device) if clip_features is not None else None,
         )
         return tokens.to(self.embed_tokens.weight.dtype)
 
@@ -78,18 +93,27 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         images: torch.Tensor | None = None,
         context_images: torch.Tensor | None = None,
         padding_side: PaddingSide = "right",
+        clip_features: torch.Tensor | None = None,
     ) -> SplicedBatch:
-        """Embed `input_ids` (B, L) and splice each video's visual tokens into its placeholder run."""
-        if (images is None) != (context_images is None):
-            raise ValueError("Pass both `images` (VideoMamba frames) and `context_images` (CLIP frames), or neither")
-        for name, value in (("images", images), ("context_images", context_images)):
+        """Embed `input_ids` (B, L) and splice each video's visual tokens into its placeholder run.
+
+        `clip_features` (V, T, L, Dc), stacked from `clip_frame_features`, may stand in for `context_images`."""
+        has_context = context_images is not None or clip_features is not None
+        if (images is None) != (not has_context):
+            raise ValueError(
+                "Pass both `images` (VideoMamba frames) and `context_images` (CLIP frames, or their `clip_features`), "
+                "or neither"
+            )
+        if context_images is not None and clip_features is not None:
+            raise ValueError("Pass `context_images` or their `clip_features`, not both")
+        for name, value in (("images", images), ("context_images", context_images), ("clip_features", clip_features)):
             if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(f"`{name}` must be a (videos, frames, 3, H, W) tensor, got {type(value).__name__}")
+                raise TypeError(f"`{name}` must be a tensor, got {type(value).__name__}")
         device = self.embed_tokens.weight.device
         input_ids, attention_mask, labels = (
             t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels)
         )
-        visual = self.encode_videos(images, context_images) if images is not None else None
+        visual = self.encode_videos(images, context_images, clip_features) if images is not None else None
         return splice_visual_tokens(input_ids, self.embed_tokens, visual, attention_mask, labels, padding_side)
 
     def unused_projector_anchor(self) -> torch.Tensor:

@@ -24,16 +24,21 @@ from .video_tower import VideoMambaTower
 
 
 def check_video_inputs(
-    images: torch.Tensor, context_images: torch.Tensor, chunk_size: int, k: int, clip_frames: int
+    images: torch.Tensor, context: torch.Tensor, chunk_size: int, k: int, clip_frames: int, context_name: str
 ) -> None:
-    """Shape checks with messages that say what the pipeline expects instead of failing in a reshape."""
-    for name, t in (("images", images), ("context_images", context_images)):
-        if t.ndim != 5 or t.shape[2] != 3:
-            raise ValueError(f"`{name}` must be (videos, frames, 3, H, W), got {tuple(t.shape)}")
-    if images.shape[:2] != context_images.shape[:2]:
+    """Shape checks with messages that say what the pipeline expects instead of failing in a reshape.
+
+    `context` is either the CLIP frames (V, T, 3, H, W) or their CLIP patch features (V, T, L, D)."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"`images` must be (videos, frames, 3, H, W), got {tuple(images.shape)}")
+    if context_name == "context_images" and (context.ndim != 5 or context.shape[2] != 3):
+        raise ValueError(f"`context_images` must be (videos, frames, 3, H, W), got {tuple(context.shape)}")
+    if context_name == "clip_features" and context.ndim != 4:
+        raise ValueError(f"`clip_features` must be (videos, frames, patches, width), got {tuple(context.shape)}")
+    if images.shape[:2] != context.shape[:2]:
         raise ValueError(
-            f"`images` {tuple(images.shape)} and `context_images` {tuple(context_images.shape)} must have the same "
-            "number of videos and frames: frames are picked from `images` by their scores on `context_images`"
+            f"`images` {tuple(images.shape)} and `{context_name}` {tuple(context.shape)} must have the same "
+            f"number of videos and frames: frames are picked from `images` by their scores on `{context_name}`"
         )
     frames = images.shape[1]
     if frames % chunk_size:
@@ -72,7 +77,7 @@ def merge_visual_tokens(context_tokens: torch.Tensor, video_tokens: torch.Tensor
 
 def video_visual_tokens(
     images: torch.Tensor,
-    context_images: torch.Tensor,
+    context_images: torch.Tensor | None,
     *,
     clip_tower: CLIPImageTower,
     video_tower: VideoMambaTower,
@@ -81,15 +86,26 @@ def video_visual_tokens(
     chunk_size: int,
     k: int,
     largest: bool = True,
+    clip_features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """images: (V, T, 3, H, W) VideoMamba frames; context_images: (V, T, 3, H', W') CLIP frames →
-    (V, T·144 + (T/chunk_size)·49, LLM hidden) visual tokens per video."""
-    check_video_inputs(images, context_images, chunk_size, k, video_tower.config.num_frames)
-    v, t = context_images.shape[:2]
+    (V, T·144 + (T/chunk_size)·49, LLM hidden) visual tokens per video.
+
+    `clip_features` (V, T, L, Dc), the `clip_tower` output of each context frame computed earlier (e.g. kept
+    for frames shared by overlapping windows of a stream), replaces step 1; pass it instead of `context_images`.
+    """
+    if (context_images is None) == (clip_features is None):
+        raise ValueError("Pass exactly one of `context_images` (CLIP frames) and `clip_features` (their features)")
+    context, name = (context_images, "context_images") if clip_features is None else (clip_features, "clip_features")
+    check_video_inputs(images, context, chunk_size, k, video_tower.config.num_frames, name)
+    v, t = context.shape[:2]
     num_chunks = t // chunk_size
 
-    context_features = clip_tower(context_images.flatten(0, 1))  # (V·T, L, Dc)
-    context_features = context_features.reshape(v, t, *context_features.shape[1:])
+    if clip_features is None:
+        context_features = clip_tower(context_images.flatten(0, 1))  # (V·T, L, Dc)
+        context_features = context_features.reshape(v, t, *context_features.shape[1:])
+    else:
+        context_features = clip_features
     chunk_features = split_chunks(context_features, chunk_size).flatten(0, 1)  # (V·nC, cs, L, Dc)
     indices = select_frames(chunk_features, k, largest=largest).reshape(v, num_chunks, k)
 

@@ -1,0 +1,108 @@
+"""`mvgpt live` and the live scoring command, run in-process as the `mvgpt` front-end runs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import pytest
+
+from mobilevideogpt.cli import eval_live, live
+from mobilevideogpt.live.events import EventLog, FeedbackEvent
+from mobilevideogpt.live.labels import load_labels
+from mobilevideogpt.qved.sessions import make_sessions
+from tests.test_live_session import frame_count, parse_srt
+
+
+def parse(module, argv):
+    parser = argparse.ArgumentParser()
+    module.configure(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def sessions_file(tmp_path_factory):
+    return make_sessions(tmp_path_factory.mktemp("cli_sessions"), count=2, seed=4, segment_s=(3.0, 4.0), size=(96, 72))
+
+
+def one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_live_writes_events_subtitles_summary_and_a_captioned_copy(mvgpt_fast_checkpoint, sessions_file, tmp_path, capsys):
+    video = sessions_file.parent / "session_00.mp4"
+    out = tmp_path / "live"
+    args = parse(live, ["--model_path", mvgpt_fast_checkpoint, "--video_path", video, "--window", 4, "--stride", 2,
+                        "--out", out, "--burn-in", "--max_new_tokens", 4, "--device", "cpu"])
+    assert live.run(args) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["video"] == str(video.resolve()) and summary["windows_answered"] == int(frame_count(video) / 10 / 2)
+    assert summary["real_time_factor"] > 0 and summary["windows_skipped"] == 0
+    assert "real-time factor" in captured.err and "window frames reused" in captured.err
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert len(parse_srt((out / "feedback.srt").read_text())) == len(events) == summary["events"]
+    assert captured.out.count("\n") == len(events)
+    assert frame_count(out / "feedback.mp4") == frame_count(video)
+    capture = cv2.VideoCapture(str(out / "feedback.mp4"))
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FPS)) == (96, 10)
+    capture.release()
+
+
+def test_live_on_a_stream_records_it_and_captions_the_recording(mvgpt_fast_checkpoint, sessions_file, tmp_path, capsys):
+    video = sessions_file.parent / "session_01.mp4"
+    out = tmp_path / "stream"
+    url = video.resolve().as_uri()  # file:///…: OpenCV opens it as a stream, read as fast as it decodes
+    args = parse(live, ["--model_path", mvgpt_fast_checkpoint, "--video_path", url, "--window", 4, "--stride", 2,
+                        "--out", out, "--burn-in", "--max_new_tokens", 2, "--device", "cpu"])
+    assert live.run(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["live"] and summary["video"] == url
+    complete = int(frame_count(video) / 10 // 2)
+    assert summary["windows_answered"] + summary["windows_skipped"] == complete and summary["windows_answered"] >= 1
+    assert frame_count(out / "capture.mp4") == frame_count(out / "feedback.mp4") == frame_count(video)
+    assert "skipped" in capsys.readouterr().err or summary["windows_skipped"] == 0
+
+
+def test_live_refuses_bad_input_in_one_line_before_loading_the_model(tmp_path, capsys):
+    args = parse(live, ["--model_path", tmp_path / "no-model", "--video_path", tmp_path / "missing.mp4"])
+    assert live.run(args) == 1
+    assert "missing.mp4" in one_error_line(capsys.readouterr().err)
+    args = parse(live, ["--model_path", tmp_path / "no-model", "--video_path", "0", "--realtime"])
+    assert live.run(args) == 1
+    assert "--realtime" in one_error_line(capsys.readouterr().err)
+
+
+def _write_events(path, video, feedback, delay=1.0):
+    with EventLog(path) as log:
+        for number, item in enumerate(feedback):
+            log.write(FeedbackEvent(item.time + delay, item.time + delay - 4, item.time + delay, item.text, number, None, 0.1, video))
+
+
+def test_eval_live_scores_each_session_and_pools(sessions_file, tmp_path, capsys):
+    first, second = load_labels(sessions_file)
+    _write_events(tmp_path / "a" / "events.jsonl", str(first.video.resolve()), first.feedback)
+    _write_events(tmp_path / "b" / "events.jsonl", str(second.video.resolve()), second.feedback[-1:], delay=5.0)
+    args = parse(eval_live, ["--predictions", tmp_path / "a", tmp_path / "b" / "events.jsonl",
+                             "--references", sessions_file, "--output_dir", tmp_path / "report"])
+    assert eval_live.run(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "live_report.json").read_text())
+    by_session = {row["session"]: row for row in report["sessions"]}
+    assert by_session[first.key]["t_f_score"] == 1.0 and by_session[first.key]["rouge_l"] == 1.0
+    assert by_session[second.key]["matched"] == 0  # 5 s after the last reference: nothing within 3 s
+    pooled = report["pooled"]
+    assert (pooled["predictions"], pooled["references"]) == (len(first.feedback) + 1, len(first.feedback) + len(second.feedback))
+    assert pooled["matched"] == len(first.feedback)
+    assert "T-F-Score" in out and (tmp_path / "report" / "live_report.md").read_text() == out
+
+
+def test_eval_live_refuses_predictions_it_cannot_pair(sessions_file, tmp_path, capsys):
+    first, _ = load_labels(sessions_file)
+    _write_events(tmp_path / "events.jsonl", "/elsewhere/other.mp4", first.feedback)
+    args = parse(eval_live, ["--predictions", tmp_path, tmp_path / "events.jsonl", "--references", sessions_file])
+    assert eval_live.run(args) == 1
+    assert "other.mp4" in one_error_line(capsys.readouterr().err)
