@@ -6,7 +6,8 @@
       --video_path dataset/squats/00093026.mp4 \\
       --prompt "Analyze this squats video and provide corrective feedback."
 
-The same as `mvgpt infer`; `--help` lists the options.
+The same as `mvgpt infer`; with `--live`, the same as `mvgpt live` (timestamped feedback on a long video, a
+camera or a stream). `--help` lists the options.
 """
 
 import sys
@@ -14,4 +15,8 @@ import sys
 from mobilevideogpt.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(run_command("infer", prog="inference.py"))
+    argv = sys.argv[1:]
+    if "--live" in argv:
+        argv.remove("--live")
+        sys.exit(run_command("live", argv, prog="inference.py --live"))
+    sys.exit(run_command("infer", argv, prog="inference.py"))

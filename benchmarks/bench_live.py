@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from mobilevideogpt.conversation import render_prompt, tokenize_with_placeholders
 from mobilevideogpt.live.cache import FrameCache, window_inputs
 from mobilevideogpt.live.frames import VideoFileSource, cut_windows, open_stream
 from mobilevideogpt.live.session import LiveSession
 from mobilevideogpt.live.windows import WindowPlan
+from mobilevideogpt.processing import render_prompt, tokenize_with_placeholders
 from mobilevideogpt.qved.sessions import make_sessions
 from mobilevideogpt.qved.windows import LIVE_PROMPT
 
@@ -119,7 +119,7 @@ def end_to_end(chat, video: Path, args) -> dict[bool, list[float]]:
 
 
 def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> dict:
-    from mobilevideogpt.inference import VideoChat
+    from mobilevideogpt.chat import VideoChat
 
     started = time.perf_counter()
     chat = VideoChat(build_model(full_size), tokenizer)

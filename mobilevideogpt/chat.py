@@ -156,6 +156,10 @@ class VideoChat:
         """Frames per video the model's token pipeline takes (16 for the published model)."""
         return self.processor.num_frames
 
+    @property
+    def image_size(self) -> int:
+        return self.processor.image_size
+
     def _stop_token_ids(self) -> list[int]:
         """`<|im_end|>` first, then whatever else the checkpoint's generation config stops at."""
         ids = [self.tokenizer.convert_tokens_to_ids(STOP_STRING)]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from mobilevideogpt.conversation import render_prompt, tokenize_with_placeholders
-from mobilevideogpt.inference import VideoChat
+from mobilevideogpt.chat import VideoChat
 from mobilevideogpt.live.cache import FrameCache, window_inputs
 from mobilevideogpt.live.frames import VideoFileSource
 from mobilevideogpt.live.session import LiveSession
 from mobilevideogpt.live.windows import WindowPlan
+from mobilevideogpt.processing import render_prompt, tokenize_with_placeholders
 from mobilevideogpt.qved.sessions import make_sessions
 
 PROMPT = "Analyze this exercise video and provide corrective feedback."

@@ -1,24 +1,24 @@
-"""`mvgpt live` and the live scoring command, run in-process as the `mvgpt` front-end runs them."""
+"""`mvgpt live` and `mvgpt eval --live`, run in-process as the `mvgpt` front-end runs them."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import pytest
 
-from mobilevideogpt.cli import eval_live, live
+from mobilevideogpt.cli import run_command
 from mobilevideogpt.live.events import EventLog, FeedbackEvent
 from mobilevideogpt.live.labels import load_labels
 from mobilevideogpt.qved.sessions import make_sessions
 from tests.test_live_session import frame_count, parse_srt
 
 
-def parse(module, argv):
-    parser = argparse.ArgumentParser()
-    module.configure(parser)
-    return parser.parse_args([str(a) for a in argv])
+def mvgpt(command: str, *argv) -> int:
+    return run_command(command, [str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,8 @@ def one_error_line(err: str) -> str:
 def test_live_writes_events_subtitles_summary_and_a_captioned_copy(mvgpt_fast_checkpoint, sessions_file, tmp_path, capsys):
     video = sessions_file.parent / "session_00.mp4"
     out = tmp_path / "live"
-    args = parse(live, ["--model_path", mvgpt_fast_checkpoint, "--video_path", video, "--window", 4, "--stride", 2,
-                        "--out", out, "--burn-in", "--max_new_tokens", 4, "--device", "cpu"])
-    assert live.run(args) == 0
+    assert mvgpt("live", "--model_path", mvgpt_fast_checkpoint, "--video_path", video, "--window", 4, "--stride", 2,
+                        "--out", out, "--burn-in", "--max_new_tokens", 4, "--device", "cpu") == 0
     captured = capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["video"] == str(video.resolve()) and summary["windows_answered"] == int(frame_count(video) / 10 / 2)
@@ -56,9 +55,8 @@ def test_live_on_a_stream_records_it_and_captions_the_recording(mvgpt_fast_check
     video = sessions_file.parent / "session_01.mp4"
     out = tmp_path / "stream"
     url = video.resolve().as_uri()  # file:///…: OpenCV opens it as a stream, read as fast as it decodes
-    args = parse(live, ["--model_path", mvgpt_fast_checkpoint, "--video_path", url, "--window", 4, "--stride", 2,
-                        "--out", out, "--burn-in", "--max_new_tokens", 2, "--device", "cpu"])
-    assert live.run(args) == 0
+    assert mvgpt("live", "--model_path", mvgpt_fast_checkpoint, "--video_path", url, "--window", 4, "--stride", 2,
+                        "--out", out, "--burn-in", "--max_new_tokens", 2, "--device", "cpu") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["live"] and summary["video"] == url
     complete = int(frame_count(video) / 10 // 2)
@@ -68,11 +66,9 @@ def test_live_on_a_stream_records_it_and_captions_the_recording(mvgpt_fast_check
 
 
 def test_live_refuses_bad_input_in_one_line_before_loading_the_model(tmp_path, capsys):
-    args = parse(live, ["--model_path", tmp_path / "no-model", "--video_path", tmp_path / "missing.mp4"])
-    assert live.run(args) == 1
+    assert mvgpt("live", "--model_path", tmp_path / "no-model", "--video_path", tmp_path / "missing.mp4") == 1
     assert "missing.mp4" in one_error_line(capsys.readouterr().err)
-    args = parse(live, ["--model_path", tmp_path / "no-model", "--video_path", "0", "--realtime"])
-    assert live.run(args) == 1
+    assert mvgpt("live", "--model_path", tmp_path / "no-model", "--video_path", "0", "--realtime") == 1
     assert "--realtime" in one_error_line(capsys.readouterr().err)
 
 
@@ -86,9 +82,8 @@ def test_eval_live_scores_each_session_and_pools(sessions_file, tmp_path, capsys
     first, second = load_labels(sessions_file)
     _write_events(tmp_path / "a" / "events.jsonl", str(first.video.resolve()), first.feedback)
     _write_events(tmp_path / "b" / "events.jsonl", str(second.video.resolve()), second.feedback[-1:], delay=5.0)
-    args = parse(eval_live, ["--predictions", tmp_path / "a", tmp_path / "b" / "events.jsonl",
-                             "--references", sessions_file, "--output_dir", tmp_path / "report"])
-    assert eval_live.run(args) == 0
+    assert mvgpt("eval", "--live", "--predictions", tmp_path / "a", tmp_path / "b" / "events.jsonl",
+                             "--references", sessions_file, "--output_dir", tmp_path / "report") == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "report" / "live_report.json").read_text())
     by_session = {row["session"]: row for row in report["sessions"]}
@@ -103,6 +98,17 @@ def test_eval_live_scores_each_session_and_pools(sessions_file, tmp_path, capsys
 def test_eval_live_refuses_predictions_it_cannot_pair(sessions_file, tmp_path, capsys):
     first, _ = load_labels(sessions_file)
     _write_events(tmp_path / "events.jsonl", "/elsewhere/other.mp4", first.feedback)
-    args = parse(eval_live, ["--predictions", tmp_path, tmp_path / "events.jsonl", "--references", sessions_file])
-    assert eval_live.run(args) == 1
+    assert mvgpt("eval", "--live", "--predictions", tmp_path, tmp_path / "events.jsonl", "--references", sessions_file) == 1
     assert "other.mp4" in one_error_line(capsys.readouterr().err)
+
+
+def test_convert_windows_and_the_inference_alias(sessions_file, tmp_path, capsys):
+    out = tmp_path / "dataset"
+    assert mvgpt("convert", "--windows", "--labels", sessions_file, "--output-dir", out) == 0
+    records = json.loads((out / "qved_windows_train.json").read_text())
+    assert records and all(r["conversations"][0]["value"].startswith("Analyze this exercise video") for r in records)
+    assert "window samples" in capsys.readouterr().out
+    assert mvgpt("convert", "--windows") == 2 and "--labels" in capsys.readouterr().err
+    repo = Path(__file__).resolve().parents[1]
+    alias = subprocess.run([sys.executable, "inference.py", "--live", "--help"], cwd=repo, capture_output=True, text=True)
+    assert alias.returncode == 0 and alias.stdout.startswith("usage: inference.py --live") and "--stride" in alias.stdout

@@ -11,11 +11,11 @@ import pytest
 
 from mobilevideogpt.data.dataset import SupervisedVideoDataset
 from mobilevideogpt.data.paths import resolve_annotation_video
-from mobilevideogpt.data.qved import QvedInputError
 from mobilevideogpt.data.video import decode_video
 from mobilevideogpt.live.labels import load_labels
 from mobilevideogpt.live.suppress import NO_FEEDBACK_ANSWER
 from mobilevideogpt.live.windows import WindowPlan
+from mobilevideogpt.qved.convert import QvedInputError
 from mobilevideogpt.qved.sessions import make_sessions
 from mobilevideogpt.qved.windows import LIVE_PROMPT, convert_windows
 
@@ -92,7 +92,9 @@ def test_training_dataset_reads_window_samples(project, qwen25_tokenizer):
     dataset = project / "dataset"
     written = convert_windows(dataset / "sessions" / "sessions.json", dataset, window_s=4, stride_s=2,
                               log=lambda m: None, warn=lambda m: None)
-    samples = SupervisedVideoDataset([{"annotation_path": written["train"]}], qwen25_tokenizer, model_max_length=4096)
+    samples = SupervisedVideoDataset(
+        [{"annotation_path": written["train"]}], qwen25_tokenizer, num_visual_tokens=2402, model_max_length=4096
+    )
     assert len(samples) == 21 and not samples.skipped
     item = samples[2]
     assert item["images"].shape == item["context_images"].shape == (16, 3, 224, 224)

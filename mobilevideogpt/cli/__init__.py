@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "convert",
     "train": "train",
     "infer": "infer",
+    "live": "live",
     "eval": "evaluate",
     "serve": "serve",
     "merge": "merge",

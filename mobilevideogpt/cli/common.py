@@ -59,6 +59,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from ..data.video import VideoDecodeError
     from ..errors import ModelLoadError
     from ..evaluation.predictions import EvaluationError
+    from ..live.frames import FrameSourceError
     from ..processing import AnnotationError
     from ..qved.convert import QvedInputError
 
@@ -66,6 +67,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
         ModelLoadError,
         VideoDecodeError,
         EvaluationError,
+        FrameSourceError,
         AnnotationError,
         QvedInputError,
         OSError,

@@ -25,6 +25,20 @@ def _ratio(text: str) -> float:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ..constants import NUM_FRAMES
+    from ..live.defaults import DEFAULT_STRIDE_S, DEFAULT_WINDOW_S
+
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="live coaching: cut long session videos with timestamped feedback (--labels) into window samples "
+        "(qved_windows_*.json + clips) instead of converting ground_truth.json",
+    )
+    windows = parser.add_argument_group("--windows")
+    windows.add_argument("--labels", help="session label file: {video: [{time, text}, ...]}")
+    windows.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, help=f"window seconds (default {DEFAULT_WINDOW_S})")
+    windows.add_argument("--stride", type=float, default=DEFAULT_STRIDE_S, help=f"stride seconds (default {DEFAULT_STRIDE_S})")
+    windows.add_argument("--num-frames", type=int, default=NUM_FRAMES, help=f"frames per window (default {NUM_FRAMES})")
     parser.add_argument("--dataset-dir", default="dataset", help="dataset folder (default: dataset)")
     parser.add_argument("--ground-truth", help="label records (default: <dataset-dir>/ground_truth.json)")
     parser.add_argument("--manifest", help="video → class mapping (default: <dataset-dir>/manifest.json)")
@@ -45,6 +59,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _windows(args: argparse.Namespace) -> int:
+    from ..qved.windows import convert_windows
+
+    if not args.labels:
+        print("error: --windows needs --labels SESSIONS.json (see docs/LIVE.md)", file=sys.stderr)
+        return 2
+    convert_windows(
+        args.labels, args.output_dir or args.dataset_dir, args.window, args.stride, args.num_frames,
+        args.val_ratio, args.test_ratio, args.seed, log=print,
+        warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..qved.convert import convert
 
@@ -54,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.val_ratio + args.test_ratio >= 1:
         print("error: --val-ratio + --test-ratio must be below 1 (train needs samples)", file=sys.stderr)
         return 2
+    if args.windows:
+        return _windows(args)
     try:
         convert(
             args.dataset_dir,

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from mobilevideogpt.live.labels import SessionLabels
     from mobilevideogpt.live.scoring import LiveScore
 
-HELP = "score timestamped live feedback (events.jsonl) against timestamped references: T-F-Score, METEOR, ROUGE-L"
-
 EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
 DEFAULT_OUTPUT_DIR = Path("results/eval/live")
@@ -38,18 +36,14 @@ class LiveEvalError(ValueError):
     """Predictions and references cannot be paired or read; the message says which file and why."""
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--predictions", nargs="+", required=True, type=Path,
-        help=f"{EVENTS_FILE} files written by `mvgpt live`, or the folders holding them",
+def add_live_options(group) -> None:
+    """The options of `mvgpt eval --live` (its --output_dir is eval's, default DEFAULT_OUTPUT_DIR here)."""
+    group.add_argument(
+        "--predictions", nargs="+", type=Path, help=f"{EVENTS_FILE} files written by `mvgpt live`, or their folders"
     )
-    parser.add_argument("--references", required=True, type=Path, help="label file: {video: [{time, text}, ...]}")
-    parser.add_argument("--tolerance", type=float, default=3.0, help="seconds within which feedback matches (default 3, QEVD)")
-    parser.add_argument(
-        "--output_dir", "--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
-        help=f"where the report goes (default {DEFAULT_OUTPUT_DIR})",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    group.add_argument("--references", type=Path, help="label file: {video: [{time, text}, ...]}")
+    group.add_argument("--tolerance", type=float, default=3.0, help="seconds within which feedback matches (default 3, QEVD)")
+    group.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
 @dataclass
@@ -144,12 +138,16 @@ def render_markdown(
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilevideogpt.data.qved import write_json
+    """`mvgpt eval --live`: pair, score, write and print the report."""
     from mobilevideogpt.evaluation.metrics import meteor_scorer
     from mobilevideogpt.live.events import EventLogError
     from mobilevideogpt.live.labels import LabelError, load_labels
     from mobilevideogpt.live.scoring import pool, score_session
+    from mobilevideogpt.qved.convert import write_json
 
+    if not args.predictions or not args.references:
+        print("error: --live needs --predictions EVENTS... and --references SESSIONS.json", file=sys.stderr)
+        return 2
     try:
         if args.tolerance < 0:
             raise LiveEvalError(f"--tolerance must be >= 0 seconds, got {args.tolerance}")
@@ -184,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "unscored_sessions": unscored,
     }
     markdown = render_markdown(rows, pooled, args.tolerance, meteor.label, unscored)
-    out = args.output_dir
+    out = args.output_dir or DEFAULT_OUTPUT_DIR
     try:
         write_json(out / "live_report.json", report)
         (out / "live_report.md").write_text(markdown, encoding="utf-8")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .common import add_model_options, quiet_libraries
+from .eval_live import add_live_options
 
 HELP = "evaluate models on a split: predictions (resumable) and a metrics report"
 # Without --model_path: the run `mvgpt train` writes by default (its checkpoint-final).
@@ -53,11 +54,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_similarity", action="store_true", help="skip the MiniLM sentence similarity")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="score live coaching instead: timestamped feedback (`mvgpt live` events) against timestamped "
+        "references, with QEVD's T-F-Score and METEOR / ROUGE-L on matched pairs",
+    )
+    add_live_options(parser.add_argument_group("--live"))
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.debug:
         quiet_libraries()
+    if args.live:
+        from . import eval_live
+
+        return eval_live.run(args)
     from ..evaluation.predictions import PREDICTIONS_FILE
     from ..evaluation.report import render_markdown
     from ..evaluation.runner import EvaluationSettings, evaluate

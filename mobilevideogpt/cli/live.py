@@ -34,10 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     from mobilevideogpt.qved.windows import LIVE_PROMPT
 
+    from .common import add_model_options
+
     parser.description = __doc__.split("\n\n")[0]
-    parser.add_argument(
-        "--model_path", "--model-path", required=True, help="base checkpoint, hub id, training checkpoint or run folder"
-    )
+    add_model_options(parser)
     parser.add_argument(
         "--video_path", "--video-path", required=True, help="a video file, a camera index (0) or a stream URL"
     )
@@ -61,11 +61,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_duration", "--max-duration", type=float, help="stop after this many seconds of video")
     parser.add_argument("--no-cache", "--no_cache", dest="cache", action="store_false",
                         help="recompute every frame of every window (for measuring what the cache saves)")
-    parser.add_argument("--model_base", "--model-base", help="base model for a training checkpoint (default: recorded)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16")
-    parser.add_argument("--clip_path", "--clip-path", help="CLIP weights when the checkpoint lacks them")
-    parser.add_argument("--videomamba_path", "--videomamba-path", help="VideoMamba weights when the checkpoint lacks them")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -106,27 +101,6 @@ def _summary_lines(summary) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mobilevideogpt.data.video import VideoDecodeError
-    from mobilevideogpt.model.finetuned import ModelLoadError
-    from mobilevideogpt.model.loading import one_line
-
-    try:
-        return _run(args)
-    except Exception as err:
-        if args.debug:
-            raise
-        from mobilevideogpt.live.events import EventLogError
-        from mobilevideogpt.live.frames import FrameSourceError
-
-        if isinstance(err, (FrameSourceError, ModelLoadError, VideoDecodeError, ValueError, EventLogError, OSError)):
-            message = one_line(err)
-        else:
-            message = f"unexpected failure: {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
-def _run(args: argparse.Namespace) -> int:
     from mobilevideogpt.live.frames import (
         CaptureSource,
         VideoFileSource,
@@ -156,29 +130,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _load_chat(args: argparse.Namespace, status):
-    import logging
-    import warnings
-
-    import transformers
-
-    from mobilevideogpt.inference import VideoChat
-    from mobilevideogpt.model.finetuned import (
-        resolve_device,
-        resolve_dtype,
-        resolve_model_path,
-    )
+    from ..chat import VideoChat
+    from ..checkpoints import resolve_model_path
+    from ..runtime import dtype_name, resolve_device, resolve_dtype
+    from .common import quiet_libraries
 
     if not args.debug:
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        logging.getLogger("mobilevideogpt").setLevel(logging.WARNING)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+        quiet_libraries()
     source = resolve_model_path(args.model_path, args.model_base)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if source.note:
         status(source.note)
-    status(f"Loading {source.describe()} on {device} ({str(dtype).removeprefix('torch.')}) ...")
+    status(f"Loading {source.describe()} on {device} ({dtype_name(dtype)}) ...")
     return VideoChat.from_pretrained(
         args.model_path,
         model_base=args.model_base,

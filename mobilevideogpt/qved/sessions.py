@@ -1,7 +1,7 @@
 """SYNTHETIC long workout sessions with known exercise changes, for live coaching tests and demos.
 
 A session is several exercises in a row. Each exercise segment is a run of repetitions, every repetition
-rendered exactly like one clip of the synthetic sample dataset (`data.sample_dataset.render_frames`: the
+rendered exactly like one clip of the synthetic sample dataset (`qved.sample_dataset.render_frames`: the
 exercise's background colour and motion path, one movement cycle per repetition), so a model finetuned on
 the sample clips sees the same exercises here. Each segment starts with one feedback, at the change time,
 written like the sample dataset's labels ("squats - Keep your back straight"). Deterministic for a seed.
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilevideogpt.data.qved import QVED_EXERCISES
-from mobilevideogpt.data.sample_dataset import (
+from ..live.labels import Feedback, labels_json
+from . import QVED_EXERCISES
+from .sample_dataset import (
     FEEDBACK,
     SYNTHETIC_MARKER,
     SampleVideoSpec,
@@ -29,7 +30,6 @@ from mobilevideogpt.data.sample_dataset import (
     render_frames,
     write_video,
 )
-from mobilevideogpt.live.labels import Feedback, labels_json
 
 LABELS_FILE = "sessions.json"
 README_TEXT = f"""{SYNTHETIC_MARKER} (long sessions)

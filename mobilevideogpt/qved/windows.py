@@ -16,20 +16,22 @@ seed. Rerunning replaces the clips of the sessions it writes.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
 import os
 import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mobilevideogpt.constants import NUM_FRAMES
-from mobilevideogpt.data.qved import PROMPT_TEMPLATE, SPLITS, QvedInputError, write_json
-from mobilevideogpt.live.defaults import DEFAULT_STRIDE_S, DEFAULT_WINDOW_S
-from mobilevideogpt.live.labels import LabelError, SessionLabels, load_labels
+from ..constants import NUM_FRAMES
+from ..live.defaults import DEFAULT_STRIDE_S, DEFAULT_WINDOW_S
+from ..live.labels import LabelError, SessionLabels, load_labels
+from . import SPLITS, exercise_prompt
+from .convert import QvedInputError, write_json
 
-LIVE_PROMPT = PROMPT_TEMPLATE.format(exercise="exercise")
+logger = logging.getLogger(__name__)
+
+LIVE_PROMPT = exercise_prompt(None)
 WINDOW_SPLIT_FILES = {split: f"qved_windows_{split}.json" for split in SPLITS}
 CLIPS_FOLDER = "windows"
 
@@ -66,8 +68,8 @@ def convert_windows(
     val_ratio: float = 0.0,
     test_ratio: float = 0.0,
     seed: int = 42,
-    log: Callable[[str], None] = print,
-    warn: Callable[[str], None] = lambda message: print(f"warning: {message}", file=sys.stderr),
+    log: Callable[[str], None] = logger.info,
+    warn: Callable[[str], None] = logger.warning,
 ) -> dict[str, Path]:
     """Write window clips under `output_dir/windows/` and `output_dir/qved_windows_<split>.json`; returns the
     annotation file of each split written. Video paths in the records are relative to the parent of
@@ -116,29 +118,3 @@ def convert_windows(
             f"to {target}")
     return written
 
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--labels", required=True, help="session label file: {video: [{time, text}, ...]}")
-    parser.add_argument("--output-dir", "--output_dir", default="dataset", help="where clips and JSON go (default dataset)")
-    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_S, help=f"window seconds (default {DEFAULT_WINDOW_S})")
-    parser.add_argument("--stride", type=float, default=DEFAULT_STRIDE_S, help=f"stride seconds (default {DEFAULT_STRIDE_S})")
-    parser.add_argument("--num-frames", "--num_frames", type=int, default=NUM_FRAMES,
-                        help=f"frames per window the model takes (default {NUM_FRAMES})")
-    parser.add_argument("--val-ratio", type=float, default=0.0, help="share of sessions for the val split")
-    parser.add_argument("--test-ratio", type=float, default=0.0, help="share of sessions for the test split")
-    parser.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        convert_windows(
-            args.labels, args.output_dir, args.window, args.stride, args.num_frames,
-            args.val_ratio, args.test_ratio, args.seed,
-        )
-    except (QvedInputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot write the window samples: {exc}", file=sys.stderr)
-        return 1
-    return 0
