@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -116,3 +117,19 @@ def test_cli_help_says_synthetic_and_refusal_is_one_line(tmp_path):
     refused = subprocess.run([*script, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr.startswith("error:") and "Traceback" not in refused.stderr
+
+
+def test_videos_vary_within_a_class_and_across_seeds_and_show_the_arm():
+    from mobilevideogpt.qved.sample_dataset import render_frames
+
+    first, second = plan_videos(0, videos_per_exercise=2)[:2]
+    assert (first.phase, first.amplitude) != (second.phase, second.amplitude)
+    other_seed = plan_videos(1, videos_per_exercise=2)[0]
+    assert other_seed.name != first.name or other_seed.phase != first.phase
+    a, b = (render_frames(spec, class_index=0)[0] for spec in (first, second))
+    assert a.shape != b.shape or not (a == b).all()
+    assert len(plan_videos(0, videos_per_exercise=20)) == 120
+    # The arm bar points the way the label says: mirror images for the two arms of one video.
+    left, right = (dataclasses.replace(first, arm=arm, phase=0.0, num_frames=4) for arm in ("left", "right"))
+    l_frame, r_frame = render_frames(left, 0)[0], render_frames(right, 0)[0]
+    assert not (l_frame == r_frame).all()

@@ -13,8 +13,16 @@ DESCRIPTION = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ..qved.sample_dataset import VIDEOS_PER_EXERCISE
+
     parser.add_argument("--out", default="dataset", help="output folder (default: dataset)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    parser.add_argument(
+        "--videos-per-exercise",
+        type=int,
+        default=VIDEOS_PER_EXERCISE,
+        help=f"videos per exercise folder (default {VIDEOS_PER_EXERCISE}, as in the guide)",
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -26,5 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..qved.sample_dataset import make_sample_dataset
 
-    make_sample_dataset(args.out, seed=args.seed, force=args.force, log=print)
+    if args.videos_per_exercise < 1:
+        raise ValueError(f"--videos-per-exercise must be at least 1, got {args.videos_per_exercise}")
+    make_sample_dataset(
+        args.out, seed=args.seed, force=args.force, log=print, videos_per_exercise=args.videos_per_exercise
+    )
     return 0

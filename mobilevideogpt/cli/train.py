@@ -83,6 +83,8 @@ def trainer_arguments(values: dict[str, str], resume: bool, on_gpu: bool, precis
         "--gradient_accumulation_steps", values["GACC"],
         "--model_max_length", values["MAXLEN"],
         "--save_steps", values["SAVE_STEPS"],
+        "--warmup_steps", values["WARMUP"],
+        "--gradient_checkpointing", values["GRAD_CKPT"],
         "--report_to", values["REPORT_TO"],
         *FIXED_TRAINER_ARGS,
     ]

@@ -87,6 +87,8 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
         row = {
             "id": sample.id,
             "video": sample.video,
+            "reference": reference,
+            "prediction": prediction,
             "rouge_l": rouge_l(prediction, reference),
             "meteor": meteor.score(prediction, reference),
             "exercise_reference": match.reference,

@@ -243,6 +243,12 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
         Same value as the full-logits loss: shifted cross-entropy summed over non-ignored targets, divided by
         `num_items_in_batch` (the Trainer's count across gradient accumulation) or by their number.
         """
+        mask = model_inputs.get("attention_mask")
+        if mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all()):
+            # Right padding (the collator's): the causal mask alone keeps every true token from seeing padding,
+            # and only true positions are supervised, so the padding mask can go; attention then takes its fused
+            # causal path.
+            model_inputs["attention_mask"] = None
         hidden = self.model(**model_inputs).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX

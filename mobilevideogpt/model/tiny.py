@@ -88,12 +88,13 @@ def build_tiny_model(seed: int = 0, **overrides: Any):
     return MobileVideoGPTQwenForCausalLM(tiny_config(**overrides)).eval()
 
 
-def save_tiny_checkpoint(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
+def save_tiny_checkpoint(out_dir: str | Path, seed: int = 0, prepare=None, **overrides: Any) -> Path:
     """Write a tiny random Mobile-VideoGPT + the real Qwen2.5 tokenizer to `out_dir` (safetensors).
 
     The directory loads like the published checkpoint: `AutoModelForCausalLM.from_pretrained(out_dir)`
     and `AutoTokenizer.from_pretrained(out_dir)` after `import mobilevideogpt`. Every tower weight is
-    stored, so nothing is fetched at load time.
+    stored, so nothing is fetched at load time. `prepare(model, tokenizer)`, when given, runs before saving
+    (e.g. the demo's text warm-up).
     """
     from transformers import GenerationConfig
 
@@ -102,6 +103,8 @@ def save_tiny_checkpoint(out_dir: str | Path, seed: int = 0, **overrides: Any) -
     out = Path(out_dir)
     model = build_tiny_model(seed, **overrides)
     tokenizer = build_qwen25_tokenizer()
+    if prepare is not None:
+        prepare(model, tokenizer)
     # Greedy by default; stop at <|im_end|> or <|endoftext|> as Qwen2.5-Instruct does.
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.pad_token_id,

@@ -119,20 +119,28 @@ class SampleVideoSpec:
     fps: int
     width: int
     height: int
-    arm: str  # "right"/"left", used by the tricep stretch labels
+    arm: str  # "right"/"left", used by the tricep stretch labels (and drawn: the arm bar points that way)
+    # Per-video variation, so that videos of one exercise (and of another seed) are never pixel-identical.
+    phase: float = 0.0  # start of the motion cycle, radians
+    amplitude: float = 1.0  # scale of the motion path
+    hue_shift: int = 0  # background hue jitter (OpenCV hue units, 0-179)
 
     @property
     def relpath(self) -> str:
         return f"{self.exercise_class}/{self.name}.mp4"
 
 
-def plan_videos(seed: int = DEFAULT_SEED) -> list[SampleVideoSpec]:
-    """The 30 videos: names, lengths (the first of each exercise shorter than 16 frames), rates and sizes."""
+def plan_videos(
+    seed: int = DEFAULT_SEED, videos_per_exercise: int = VIDEOS_PER_EXERCISE
+) -> list[SampleVideoSpec]:
+    """The videos: names, lengths (the first of each exercise shorter than 16 frames), rates, sizes, variation."""
     rng = np.random.default_rng(seed)
+    # A stream of its own, so names, lengths, rates and sizes stay what they were before videos varied.
+    variation = np.random.default_rng([seed, 1])
     used = set(GUIDE_EXAMPLE_NAMES.values())
     specs = []
     for exercise_class in QVED_EXERCISES:
-        for index in range(VIDEOS_PER_EXERCISE):
+        for index in range(videos_per_exercise):
             if index == 0 and exercise_class in GUIDE_EXAMPLE_NAMES:
                 name = GUIDE_EXAMPLE_NAMES[exercise_class]
             else:
@@ -144,7 +152,12 @@ def plan_videos(seed: int = DEFAULT_SEED) -> list[SampleVideoSpec]:
             width, height = RESOLUTIONS[int(rng.integers(len(RESOLUTIONS)))]
             fps = FRAME_RATES[int(rng.integers(len(FRAME_RATES)))]
             arm = "right" if index % 2 == 0 else "left"
-            specs.append(SampleVideoSpec(exercise_class, name, num_frames, fps, width, height, arm))
+            phase = float(variation.uniform(0, 2 * math.pi))
+            amplitude = float(variation.uniform(0.6, 1.0))
+            hue_shift = int(variation.integers(-4, 5))
+            specs.append(
+                SampleVideoSpec(exercise_class, name, num_frames, fps, width, height, arm, phase, amplitude, hue_shift)
+            )
     return specs
 
 
@@ -152,18 +165,22 @@ def render_frames(spec: SampleVideoSpec, class_index: int) -> list[np.ndarray]:
     """BGR frames: an exercise-coloured background, a 'body' circle moving along an exercise-specific path,
     a static 'floor' bar and a progress bar, so every frame differs and motion differs per exercise."""
     width, height = spec.width, spec.height
-    hue = int(180 * class_index / len(QVED_EXERCISES))
+    hue = (int(180 * class_index / len(QVED_EXERCISES)) + spec.hue_shift) % 180
     background = cv2.cvtColor(np.uint8([[[hue, 90, 200]]]), cv2.COLOR_HSV2BGR)[0, 0].tolist()
     radius = max(6, min(width, height) // 8)
+    arm_sign = 1 if spec.arm == "right" else -1
     frames = []
     for t in range(spec.num_frames):
-        phase = 2 * math.pi * t / max(spec.num_frames - 1, 1)
+        phase = spec.phase + 2 * math.pi * t / max(spec.num_frames - 1, 1)
         # Vertical bounce, horizontal sweep or a circle, depending on the exercise.
         dx = math.cos(phase) if class_index % 3 != 0 else 0.0
         dy = math.sin(phase * (1 + class_index % 2)) if class_index % 3 != 1 else 0.0
+        dx, dy = dx * spec.amplitude, dy * spec.amplitude
         centre = (int(width / 2 + dx * width / 4), int(height / 2 + dy * height / 4))
         frame = np.full((height, width, 3), background, dtype=np.uint8)
         cv2.rectangle(frame, (0, height - height // 8), (width - 1, height - 1), (60, 60, 60), -1)
+        hand = (centre[0] + arm_sign * 2 * radius, centre[1] - radius)
+        cv2.line(frame, centre, hand, (200, 40, 160), max(2, radius // 3))
         cv2.circle(frame, centre, radius, (40, 220, 255), -1)
         cv2.rectangle(frame, (0, 0), (int((t + 1) * width / spec.num_frames) - 1, 3), (255, 255, 255), -1)
         frames.append(frame)
@@ -187,12 +204,19 @@ def label_record(spec: SampleVideoSpec, index: int) -> dict[str, object]:
     display, feedback = FEEDBACK[spec.exercise_class]
     if spec.exercise_class == "tricep_stretch":
         display = f"{display} ({spec.arm} arm)"
-    short, descriptive = feedback[index]
+    short, descriptive = feedback[index % len(feedback)]
     return {
         "video_path": f"./{spec.relpath}",
         "labels": [f"{display} - {short}"],
         "labels_descriptive": f"{display} - {descriptive}",
     }
+
+
+def class_answers(exercise_class: str) -> list[str]:
+    """Every answer the sample dataset gives for one exercise (both arms for the tricep stretch)."""
+    display, feedback = FEEDBACK[exercise_class]
+    names = [f"{display} ({arm} arm)" for arm in ("right", "left")] if exercise_class == "tricep_stretch" else [display]
+    return [f"{name} - {descriptive}" for name in names for _, descriptive in feedback]
 
 
 def is_writable_output(out: Path) -> bool:
@@ -225,7 +249,12 @@ def _remove_previous_sample(out: Path) -> None:
 
 
 def make_sample_dataset(
-    out: str | os.PathLike = "dataset", seed: int = DEFAULT_SEED, force: bool = False, log=logger.info
+    out: str | os.PathLike = "dataset",
+    seed: int = DEFAULT_SEED,
+    force: bool = False,
+    log=logger.info,
+    videos_per_exercise: int = VIDEOS_PER_EXERCISE,
+    generic_prompt_ratio: float = 0.0,
 ) -> list[SampleVideoSpec]:
     """Write the synthetic dataset into `out`; refuses a folder holding other data unless `force`.
 
@@ -240,18 +269,18 @@ def make_sample_dataset(
         )
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_sample(out)
-    specs = plan_videos(seed)
+    specs = plan_videos(seed, videos_per_exercise)
     records, manifest = [], {}
     for spec_index, spec in enumerate(specs):
         class_index = QVED_EXERCISES.index(spec.exercise_class)
         (out / spec.exercise_class).mkdir(exist_ok=True)
         write_video(out / spec.relpath, render_frames(spec, class_index), spec.fps)
-        records.append(label_record(spec, spec_index % VIDEOS_PER_EXERCISE))
+        records.append(label_record(spec, spec_index % videos_per_exercise))
         manifest[f"dataset/{spec.relpath}"] = spec.exercise_class
     (out / README_NAME).write_text(README_TEXT, encoding="utf-8")
     write_json(out / "ground_truth.json", records)
     write_json(out / "manifest.json", manifest)
     short = sum(spec.num_frames < 16 for spec in specs)
     log(f"wrote {len(specs)} synthetic videos ({short} shorter than 16 frames) to {out}")
-    convert(out, log=log)
+    convert(out, log=log, generic_prompt_ratio=generic_prompt_ratio)
     return specs
