@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from ..qved.recipe import resolve_settings
 
     demo_dir = resolve_settings(vars(args), os.environ, demo=True)["DEMO_DIR"]
+    own_run = args.output_dir is None and "OUTPUT_DIR" not in os.environ
+    if own_run and not args.resume and not args.overwrite:
+        # The demo's own run folder: a new demo replaces the previous one (another OUTPUT_DIR is never replaced).
+        args.overwrite = True
     if not args.dry_run:
         prepare_demo(demo_dir, log=print)
     return train.launch_training(args, demo_mode=True)
