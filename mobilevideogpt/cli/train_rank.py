@@ -23,6 +23,12 @@ from .common import expected_errors
 _WATCH_INTERVAL_S = 1.0
 
 
+def watch_supervisor_from_env() -> None:
+    """`watch_supervisor` for the pid `supervise` left in the environment, if any."""
+    if os.environ.get(SUPERVISOR_ENV, "").isdigit():
+        watch_supervisor(int(os.environ[SUPERVISOR_ENV]))
+
+
 def watch_supervisor(pid: int) -> None:
     """Stop this rank's whole process group (launcher, ranks, loader workers) once `pid` has ended.
 
@@ -61,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
-    if os.environ.get(SUPERVISOR_ENV, "").isdigit():
-        watch_supervisor(int(os.environ[SUPERVISOR_ENV]))
+    watch_supervisor_from_env()
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     logging.basicConfig(
