@@ -67,6 +67,17 @@ def test_corrupted_video_fails_and_is_named(project):
     assert "SETUP INCOMPLETE" in run.stdout
 
 
+def test_a_video_missing_most_of_its_frames_fails(project):
+    from tests.test_video import damage_middle
+
+    videos = sorted((project / "dataset").glob("*/*.mp4"), key=lambda p: p.stat().st_size)
+    damage_middle(videos[-1], videos[-1])
+    report = Report()
+    verify.check_videos_decode(report, videos[-2:], project / "dataset")
+    assert len(report.failures) == 1 and videos[-1].name in report.failures[0]
+    assert "frames its container declares decode" in report.failures[0]
+
+
 def test_missing_video_fails_and_is_named(project):
     (project / "dataset" / "tricep_stretch" / "00002012.mp4").unlink()
     run = _verify(project, "--skip-environment")

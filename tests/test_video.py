@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -233,6 +234,25 @@ def test_truncated_video_is_an_error(sample_dataset_dir, tmp_path):
     truncated.write_bytes(source.read_bytes()[:2000])
     with pytest.raises(VideoDecodeError, match="truncated.mp4"):
         decode_video(truncated)
+
+
+def damage_middle(source: Path, target: Path) -> Path:
+    """`source` with 30-60 % of its bytes zeroed: the container still declares every frame, most do not decode."""
+    data = bytearray(source.read_bytes())
+    data[int(len(data) * 0.3) : int(len(data) * 0.6)] = bytes(int(len(data) * 0.6) - int(len(data) * 0.3))
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("backend", ["auto", "opencv"])
+def test_a_damaged_middle_is_an_error_not_a_short_video(sample_dataset_dir, tmp_path, backend):
+    source = max(sample_dataset_dir.glob("*/*.mp4"), key=lambda p: p.stat().st_size)
+    assert decode_video(source).num_total_frames >= 40
+    damaged = damage_middle(source, tmp_path / "damaged.mp4")
+    with pytest.raises(VideoDecodeError) as info:
+        decode_video(damaged, backend=backend)
+    assert info.value.path == str(damaged) and str(damaged) in str(info.value)
+    assert re.search(r"only \d+ of the \d+ frames its container declares decode", str(info.value))
 
 
 def test_load_video_inputs_applies_both_preprocessors_to_the_same_frames(numbered_video):

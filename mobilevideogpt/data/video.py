@@ -196,6 +196,12 @@ def _opencv_scan(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], i
     return kept, count
 
 
+def missing_frames_tolerated(declared: int) -> int:
+    """Frames a container may over-declare: containers without an index estimate the count from duration × fps,
+    which can be off by a frame or two; a damaged stream loses far more."""
+    return max(2, declared // 20)
+
+
 def _decode_with_opencv(path: Path, num_frames: int) -> DecodedVideo:
     import cv2
 
@@ -213,6 +219,12 @@ def _decode_with_opencv(path: Path, num_frames: int) -> DecodedVideo:
     kept, total = _opencv_scan(path, set(indices))
     if total < 1:
         raise VideoDecodeError(path, "no frame could be decoded")
+    if reported - total > missing_frames_tolerated(reported):
+        raise VideoDecodeError(
+            path,
+            f"only {total} of the {reported} frames its container declares decode (damaged or truncated file); "
+            "re-export or remove it",
+        )
     if total != reported:
         indices = sample_frame_indices(total, fps, num_frames)
         kept, total = _opencv_scan(path, set(indices))
