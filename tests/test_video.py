@@ -181,14 +181,21 @@ class _LyingCapture:
         return getattr(self._capture, name)
 
 
-@pytest.mark.parametrize("reported", [0, 12, 200])
+@pytest.mark.parametrize("reported", [0, 12, 31, 32])
 def test_opencv_is_robust_to_a_wrong_frame_count(numbered_video, monkeypatch, reported):
+    """No count, an undercount, or an estimate a frame or two high: the frames that decode are sampled."""
     expected = decode_video(numbered_video, backend="decord")
     monkeypatch.setattr(cv2, "VideoCapture", lambda path: _LyingCapture(path, reported))
     decoded = decode_video(numbered_video, backend="opencv")
     assert decoded.num_total_frames == 30
     assert decoded.indices == expected.indices
     assert np.abs(decoded.frames.astype(int) - expected.frames.astype(int)).max() <= 3
+
+
+def test_frames_missing_from_what_the_container_declares_are_an_error(numbered_video, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda path: _LyingCapture(path, 200))
+    with pytest.raises(VideoDecodeError, match="only 30 of the 200 frames its container declares decode"):
+        decode_video(numbered_video, backend="opencv")
 
 
 def test_very_short_video_has_repeated_real_frames(tmp_path):
