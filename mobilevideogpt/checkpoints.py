@@ -8,7 +8,7 @@ and last the `COMPLETE` marker, written after every rank has finished saving. Th
 the step and the size and SHA-256 of every file of the folder, so a truncated or altered file is found before
 it is used (`checkpoint_problems`).
 
-A checkpoint is written under `.saving/` and renamed into place once complete (`publish_checkpoint`): a folder
+A checkpoint is written under `.saving/` and renamed into place once complete (`swap_into_place`): a folder
 named `checkpoint-N` is never half written, nor half one save and half another. Folders whose name starts with a
 dot, and checkpoints whose marker names another run than `run.json`, are never picked.
 
@@ -184,13 +184,13 @@ def resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, passed_over
 
 
-def publish_checkpoint(staged: Path, target: Path) -> None:
-    """Move the complete folder `staged` to `target`, replacing a folder already there.
+def swap_into_place(staged: Path, target: Path) -> None:
+    """Move the complete folder `staged` to `target` (same file system), replacing a folder already there.
 
     Between the two renames `target` is briefly absent (a reader then takes an older checkpoint), never mixed.
     """
     if target.exists():
-        retired = staged.parent / f"replaced-{target.name}"
+        retired = staged.parent / f".{target.name}.replaced"
         if retired.exists():
             shutil.rmtree(retired)
         target.rename(retired)

@@ -5,7 +5,7 @@ Each checkpoint folder holds the LoRA adapter (PEFT, safetensors), the other tra
 projectors) in `non_lora_trainables.safetensors` under plain model keys, the model config, the tokenizer,
 the trainer/optimizer state, and finally the `COMPLETE` marker (run id, step, every file's size and hash).
 Every rank writes its part into `<run>/.saving/checkpoint-N`; once all have finished, the rank that writes
-shared files marks it complete and renames it to `<run>/checkpoint-N` (see `checkpoints.publish_checkpoint`).
+shared files marks it complete and renames it to `<run>/checkpoint-N` (see `checkpoints.swap_into_place`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..checkpoints import NON_LORA_WEIGHTS, STAGING_DIR, mark_complete, publish_checkpoint
+from ..checkpoints import NON_LORA_WEIGHTS, STAGING_DIR, mark_complete, swap_into_place
 from ..errors import saving_error
 from .safe_loading import refused_pickles, weights_only_unpickling
 
@@ -128,7 +128,7 @@ class MobileVideoGPTTrainer(Trainer):
         if self.args.should_save:
             try:
                 mark_complete(staged, self.state.global_step, self.run_id)
-                publish_checkpoint(staged, target)
+                swap_into_place(staged, target)
             except OSError as err:
                 raise saving_error(err, "checkpoint", staged) from err
             if not any(staging.iterdir()):
