@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import HfArgumentParser
 
+    from ..data.dataset import UnusableDataError
     from ..train.arguments import DataArguments, ModelArguments, TrainingArguments
     from ..train.finetune import run
     from ..train.trainer import ResumeError
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     try:
         run(model_args, data_args, training_args)
-    except (*expected_errors(), ResumeError) as err:
+    except (*expected_errors(), ResumeError, UnusableDataError) as err:
         if debug:
             raise
         print(f"error: {worker_message(err)}", file=sys.stderr, flush=True)

@@ -26,6 +26,8 @@ from .run_folder import claim_run_folder
 from .trainer import MobileVideoGPTTrainer
 
 logger = logging.getLogger("mobilevideogpt.train")
+# How messages name the text budget: the trainer flag and the variable of scripts/finetune_qved.sh that sets it.
+LENGTH_SETTING = "MAXLEN (--model_max_length)"
 
 
 def build_datasets(data_args: DataArguments, training_args: TrainingArguments, tokenizer, config):
@@ -44,6 +46,7 @@ def build_datasets(data_args: DataArguments, training_args: TrainingArguments, t
             image_size=config.clip_vision().image_size,
             system_prompt=data_args.system_prompt,
             seed=training_args.seed,
+            length_setting=(LENGTH_SETTING, visual_tokens),
         )
 
     train = make(data_args.dataset_use)
