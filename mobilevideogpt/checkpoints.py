@@ -350,9 +350,10 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
     text = str(model_path)
     path = Path(text).expanduser()
     if not path.exists():
-        if looks_like_local_path(text):
+        if looks_like_local_path(text) or Path(text.split("/")[0]).expanduser().is_dir():
+            # `results/nope` has a hub id's shape, but results/ is a folder here: a folder was meant.
             raise ModelLoadError(
-                f"model path {text} does not exist; pass a checkpoint folder (e.g. "
+                f"model path {text} does not exist: no such folder; pass a checkpoint folder (e.g. "
                 "results/qved_finetune_mobilevideogpt_0.5B/checkpoint-final, written by "
                 "`bash scripts/finetune_qved.sh`) or a hub id such as Amshaker/Mobile-VideoGPT-0.5B"
             )

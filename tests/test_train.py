@@ -357,3 +357,19 @@ def test_checkpoint_final_loads_as_the_trained_model(fast_checkpoint, repeated_b
     assert (expected - before).abs().max() > 1e-3, "training changed nothing"
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert len(tokenizer) == len(trainer.processing_class)
+
+
+def test_a_batch_larger_than_the_dataset_is_refused_and_the_effective_batch_is_the_real_one(tmp_path, caplog):
+    from mobilevideogpt.train.arguments import TrainingArguments
+    from mobilevideogpt.train.finetune import check_batch_size
+
+    def args(batch: int, gacc: int) -> TrainingArguments:
+        return TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                 per_device_train_batch_size=batch, gradient_accumulation_steps=gacc)
+
+    with pytest.raises(ValueError, match=r"batch .*16.*BATCH.* larger than the 8 training samples.*at most 8"):
+        check_batch_size(args(16, 1), 8)
+    assert check_batch_size(args(2, 2), 8) == 4
+    with caplog.at_level("WARNING"):
+        assert check_batch_size(args(4, 4), 8) == 8
+    assert "exceeds the 8 training samples" in caplog.text and "GACC" in caplog.text
