@@ -184,6 +184,31 @@ def resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, passed_over
 
 
+def recover_staging(run_dir: str | Path) -> list[str]:
+    """Finish or undo what a process killed while publishing left under `.saving/`, then remove the rest.
+
+    A complete, intact staged checkpoint whose place is empty is moved there (the process died between the two
+    renames of `swap_into_place`); else a replaced checkpoint whose place is empty is moved back. Anything else
+    there is an unfinished save and is deleted. Returns one line per checkpoint moved into place.
+    """
+    staging = Path(run_dir) / STAGING_DIR
+    if not staging.is_dir():
+        return []
+    restored = []
+    for staged in sorted(p for p in staging.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        target = staging.parent / staged.name
+        if not target.exists() and is_complete(staged) and not checkpoint_problems(staged):
+            staged.rename(target)
+            restored.append(f"{target.name}: its save had completed; moved into place")
+    for retired in sorted(p for p in staging.iterdir() if p.is_dir() and p.name.endswith(".replaced")):
+        target = staging.parent / retired.name[1 : -len(".replaced")]
+        if not target.exists() and is_complete(retired):
+            retired.rename(target)
+            restored.append(f"{target.name}: its replacement was not finished; the earlier save is back in place")
+    shutil.rmtree(staging)
+    return restored
+
+
 def swap_into_place(staged: Path, target: Path) -> None:
     """Move the complete folder `staged` to `target` (same file system), replacing a folder already there.
 

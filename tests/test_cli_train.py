@@ -37,6 +37,9 @@ def test_script_overrides_and_help():
     for flag in ("--per_device_train_batch_size 1", "--gradient_accumulation_steps 16", "--model_max_length 1024",
                  "--num_train_epochs 2", "--max_steps 3"):
         assert flag in cmd, flag
+    rank_args = run_script("--rank-args", "--", "--max_steps", "3", BATCH="1").stdout.strip()
+    assert len(rank_args.splitlines()) == 1 and rank_args.startswith("--deepspeed scripts/zero3.json")
+    assert "--per_device_train_batch_size 1" in rank_args and rank_args.endswith("--max_steps 3")
     help_text = run_script("--help").stdout
     for name in ("BATCH", "GACC", "MAXLEN", "--demo", "--resume", "HOSTFILE"):
         assert name in help_text

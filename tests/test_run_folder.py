@@ -123,3 +123,22 @@ def test_only_the_runs_own_intact_checkpoints_are_picked(tmp_path, mvgpt_trained
     source = resolve_model_path(run)
     assert source.checkpoint == run / "checkpoint-3"
     assert "checkpoint-final belongs to another run" in source.note
+
+
+def test_a_save_killed_between_its_two_renames_is_finished_or_undone(tmp_path, caplog):
+    run = tmp_path / "run"
+    run_id = claim_run_folder(run, resume=False, overwrite=False)
+    staging = run / STAGING_DIR
+    # Killed after the old checkpoint-final moved aside but before the new, complete one moved in.
+    fake_checkpoint(staging, ".checkpoint-final.replaced", run_id, payload=b"old")
+    fake_checkpoint(staging, FINAL_CHECKPOINT, run_id, payload=b"new")
+    # Killed in the same place while replacing checkpoint-2, whose new save had not finished.
+    fake_checkpoint(staging, ".checkpoint-2.replaced", run_id, payload=b"old")
+    (staging / "checkpoint-2" / "global_step1").mkdir(parents=True)
+    with caplog.at_level("WARNING"):
+        claim_run_folder(run, resume=True, overwrite=False)
+    assert (run / FINAL_CHECKPOINT / "global_step1" / "optim_states.pt").read_bytes() == b"new"
+    assert (run / "checkpoint-2" / "global_step1" / "optim_states.pt").read_bytes() == b"old"
+    assert checkpoint_problems(run / FINAL_CHECKPOINT) == [] == checkpoint_problems(run / "checkpoint-2")
+    assert not staging.exists()
+    assert "checkpoint-final: its save had completed" in caplog.text and "checkpoint-2: its replacement" in caplog.text

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from mobilevideogpt.checkpoints import (
     COMPLETE_MARKER,
+    INFERENCE_FILES,
     NON_LORA_WEIGHTS,
     STAGING_DIR,
     checkpoint_problems,
@@ -25,6 +26,8 @@ from mobilevideogpt.checkpoints import (
     mark_complete,
     read_marker,
     read_run_id,
+    resolve_model_path,
+    resume_checkpoint,
 )
 from mobilevideogpt.train.launch import launcher_command
 from mobilevideogpt.train.plots import plot_loss_curve
@@ -198,6 +201,26 @@ def test_resume_falls_back_past_a_damaged_checkpoint_matches_an_uninterrupted_ru
     args = ("--max_steps", "4", "--save_steps", "2")
     whole = tmp_path / "whole"
     train(1, fast_checkpoint, repeated_batch, whole, *args)
+    # Every file of the newest checkpoint cut short in turn: resume takes the previous checkpoint and names the file;
+    # inference takes the newest checkpoint whose weights are intact, or names the cut weight file.
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    for name in ("run.json", "checkpoint-2", "checkpoint-4"):
+        (shutil.copytree if name.startswith("checkpoint") else shutil.copy)(whole / name, faults / name)
+    newest = faults / "checkpoint-4"
+    for relpath in read_marker(newest)["files"]:
+        path = newest / relpath
+        intact = path.read_bytes()
+        path.write_bytes(intact[: len(intact) // 2])
+        checkpoint, passed_over = resume_checkpoint(faults)
+        assert checkpoint == faults / "checkpoint-2" and len(passed_over) == 1 and str(path) in passed_over[0], relpath
+        source = resolve_model_path(faults)
+        if relpath in INFERENCE_FILES:
+            assert source.checkpoint == faults / "checkpoint-2" and str(path) in source.note, relpath
+        else:
+            assert source.checkpoint == newest, relpath
+        path.write_bytes(intact)
+
     # A run that stopped after step 4 while its newest checkpoint's optimizer file was cut short on disk.
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -255,6 +278,20 @@ def test_deepspeed_loads_checkpoint_files_with_weights_only_inside_training(tmp_
     assert refused_pickles(planted.parents[1]) == [f"{planted}: Trying to load unsupported GLOBAL posix.system "
                                                    "whose module posix is blocked."]
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # restored afterwards
+
+    # What DeepSpeed's ZeRO optimizer states hold besides tensors still loads: the stage and either loss scaler
+    # (fp32/bf16 runs keep the static one, fp16 runs the dynamic one).
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    for scaler in (LossScaler(scale=1.0), DynamicLossScaler(init_scale=2**16, scale_window=1000, min_scale=1,
+                                                            delayed_shift=2, consecutive_hysteresis=False,
+                                                            raise_error_at_min_scale=True, dtype=torch.float16)):
+        state = tmp_path / "state.pt"
+        torch.save({"loss_scaler": scaler, "zero_stage": ZeroStageEnum.weights, "partition_count": [1]}, state)
+        with weights_only_unpickling():
+            loaded = TorchCheckpointEngine().load(str(state), map_location="cpu")
+        assert vars(loaded["loss_scaler"]) == vars(scaler) and loaded["zero_stage"] == ZeroStageEnum.weights
 
 
 def test_optimizer_puts_projectors_in_their_own_learning_rate_group(tmp_path):

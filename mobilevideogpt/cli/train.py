@@ -55,6 +55,11 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         help="replace the run OUTPUT_DIR holds (its checkpoints, logs and run.json; other files stay)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and the launch command, then exit")
+    parser.add_argument(
+        "--rank-args",
+        action="store_true",
+        help="print only the flags each rank gets, for torchrun or SLURM (`-m mobilevideogpt.cli.train_rank FLAGS`)",
+    )
     for setting in (*SETTINGS, DEMO_DIR_SETTING):
         parser.add_argument(setting.option, dest=setting.dest, metavar=setting.name, help=argparse.SUPPRESS)
     parser.add_argument("trainer_args", nargs="*", metavar="-- TRAINER_ARGS", help="passed to the trainer as they are")
@@ -134,6 +139,9 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     command = launcher_command(
         trainer_args, num_gpus=num_gpus, hostfile=values["HOSTFILE"] or None, master_port=int(values["MASTER_PORT"])
     )
+    if args.rank_args:
+        print(shlex.join(trainer_args))
+        return 0
     where = f"nodes from {values['HOSTFILE']}" if values["HOSTFILE"] else f"{num_gpus} rank(s) on {'GPU' if gpus else 'CPU'}"
     print(
         f"""== QVED finetuning: Mobile-VideoGPT ==

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,9 +25,10 @@ _WATCH_INTERVAL_S = 1.0
 
 
 def watch_supervisor_from_env() -> None:
-    """`watch_supervisor` for the pid `supervise` left in the environment, if any."""
-    if os.environ.get(SUPERVISOR_ENV, "").isdigit():
-        watch_supervisor(int(os.environ[SUPERVISOR_ENV]))
+    """`watch_supervisor` for the supervisor `supervise` named in the environment, when it runs on this host."""
+    host, _, pid = os.environ.get(SUPERVISOR_ENV, "").rpartition(":")
+    if pid.isdigit() and host == socket.gethostname():
+        watch_supervisor(int(pid))
 
 
 def watch_supervisor(pid: int) -> None:

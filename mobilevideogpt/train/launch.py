@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 
 RANK_MODULE = "mobilevideogpt.cli.train_rank"
-SUPERVISOR_ENV = "MVGPT_SUPERVISOR_PID"
+# "host:pid" of the supervisor; ranks on that host stop when it is gone (see `cli/train_rank.py`).
+SUPERVISOR_ENV = "MVGPT_SUPERVISOR"
 # How long the ranks get to exit after SIGTERM before they are killed.
 TERMINATE_GRACE_S = 10.0
 
@@ -45,7 +47,7 @@ def supervise(command: Sequence[str], env: dict[str, str] | None = None) -> int:
     launcher ends (ranks of a killed launcher) is terminated, and killed if it has not exited after
     `TERMINATE_GRACE_S`.
     """
-    child_env = {**(os.environ if env is None else env), SUPERVISOR_ENV: str(os.getpid())}
+    child_env = {**(os.environ if env is None else env), SUPERVISOR_ENV: f"{socket.gethostname()}:{os.getpid()}"}
     process = subprocess.Popen(list(command), env=child_env, start_new_session=True)
     group = process.pid
 

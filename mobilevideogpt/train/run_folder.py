@@ -8,6 +8,7 @@ another output folder, or `--overwrite` (remove what training wrote there — ch
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -19,10 +20,13 @@ from ..checkpoints import (
     RUN_RECORD,
     STAGING_DIR,
     read_run_id,
+    recover_staging,
     step_checkpoints,
     write_json_atomic,
 )
 from ..errors import ModelLoadError, RunFolderError
+
+logger = logging.getLogger(__name__)
 
 # What a training run writes at the top of its folder besides the checkpoint-N folders.
 RUN_OUTPUTS = (RUN_RECORD, FINAL_CHECKPOINT, STAGING_DIR, "hyperparameters.json", "loss_curve.png", "runs")
@@ -92,16 +96,16 @@ def remove_run_outputs(output_dir: Path) -> None:
 def claim_run_folder(output_dir: str | os.PathLike, *, resume: bool, overwrite: bool) -> str:
     """Check (`check_run_folder`), prepare and claim `output_dir`; returns the run id. Only one process may call it.
 
-    A resumed run keeps its id; otherwise (a new or empty folder, or `overwrite`) a new id is recorded. Saves
-    that an earlier process left unfinished under `.saving/` are removed.
+    A resumed run keeps its id; otherwise (a new or empty folder, or `overwrite`) a new id is recorded. What an
+    earlier process left under `.saving/` is finished or removed (`checkpoints.recover_staging`).
     """
     folder = Path(output_dir)
     check_run_folder(folder, resume=resume, overwrite=overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     if overwrite:
         remove_run_outputs(folder)
-    if (folder / STAGING_DIR).exists():
-        shutil.rmtree(folder / STAGING_DIR)
+    for line in recover_staging(folder):
+        logger.warning("%s: %s", folder, line)
     run_id = read_run_id(folder) if resume else None
     if run_id is None:
         run_id = uuid.uuid4().hex

@@ -21,7 +21,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..checkpoints import NON_LORA_WEIGHTS, STAGING_DIR, mark_complete, swap_into_place
-from ..errors import saving_error
+from ..errors import first_line, saving_error
 from .safe_loading import refused_pickles, weights_only_unpickling
 
 
@@ -147,6 +147,14 @@ class MobileVideoGPTTrainer(Trainer):
                 f"{refused[0]}: resume reads checkpoints with torch's weights-only unpickler and this file holds "
                 "other objects, so it was not written by this training (or was altered); delete that checkpoint "
                 "folder to resume from an earlier one, or start a new run"
+            ) from err
+        except (RuntimeError, OSError, EOFError, ValueError) as err:
+            if resume_from_checkpoint is None:
+                raise
+            # Checkpoints with a file list are verified before this point; this is one without (copied by hand?).
+            raise ResumeError(
+                f"cannot resume from {resume_from_checkpoint} ({first_line(err)}): one of its files is damaged or "
+                "does not belong to this model; delete that checkpoint folder to resume from an earlier one"
             ) from err
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
