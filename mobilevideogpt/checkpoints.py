@@ -47,9 +47,11 @@ NON_LORA_WEIGHTS = "non_lora_trainables.safetensors"
 TRAINER_STATE = "trainer_state.json"
 # Files only a training run writes into a checkpoint folder.
 TRAINING_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, TRAINER_STATE, COMPLETE_MARKER)
-# The weights inference reads from a training checkpoint, checked against the marker before loading (its JSON
-# files may be edited by hand, e.g. a moved base's path; they are parsed with errors naming them).
-INFERENCE_FILES = (ADAPTER_WEIGHTS, NON_LORA_WEIGHTS)
+# What inference reads from a training checkpoint: weights and the tokenizer, checked against the marker before
+# loading, and JSON settings, which may be edited by hand (e.g. a moved base's path) and so only have to parse.
+INFERENCE_WEIGHTS = (ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, "tokenizer.json")
+INFERENCE_JSON = (ADAPTER_CONFIG, "config.json", "tokenizer_config.json")
+INFERENCE_FILES = INFERENCE_WEIGHTS + INFERENCE_JSON
 MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json")
 _STEP_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -125,6 +127,20 @@ def checkpoint_problems(checkpoint_dir: str | Path, only: Iterable[str] | None =
             problems.append(f"{path} is damaged ({size} bytes, {expected.get('bytes')} when saved)")
         elif file_sha256(path) != expected.get("sha256"):
             problems.append(f"{path} is damaged (its content changed since it was saved)")
+    return problems
+
+
+def inference_problems(checkpoint_dir: str | Path) -> list[str]:
+    """What would make inference fail on a complete checkpoint: a weight or tokenizer file that differs from its
+    marker, or a JSON file that does not parse. Each problem names the file."""
+    folder = Path(checkpoint_dir)
+    problems = checkpoint_problems(folder, INFERENCE_WEIGHTS)
+    for name in INFERENCE_JSON:
+        if (folder / name).is_file():
+            try:
+                json.loads((folder / name).read_text())
+            except (OSError, ValueError) as err:
+                problems.append(f"{folder / name} is damaged ({first_line(err)})")
     return problems
 
 
@@ -312,14 +328,14 @@ def _pick_run_checkpoint(run_dir: Path) -> tuple[Path, str]:
             passed_over.append(f"{FINAL_CHECKPOINT} is incomplete")
         elif not belongs_to_run(final, run_id):
             passed_over.append(f"{FINAL_CHECKPOINT} belongs to another run than {run_dir / RUN_RECORD}")
-        elif problems := checkpoint_problems(final, INFERENCE_FILES):
+        elif problems := inference_problems(final):
             passed_over.append(f"{FINAL_CHECKPOINT} is damaged ({problems[0]})")
         else:
             return final, f"{run_dir} is a training run: using {FINAL_CHECKPOINT}"
     else:
         passed_over.append(f"it has no {FINAL_CHECKPOINT}")
     for checkpoint in reversed(run_checkpoints(run_dir)):
-        problems = checkpoint_problems(checkpoint, INFERENCE_FILES)
+        problems = inference_problems(checkpoint)
         if not problems:
             return checkpoint, f"{run_dir} is a training run and {'; '.join(passed_over)}: using the latest intact {checkpoint.name}"
         passed_over.append(f"{checkpoint.name} is damaged ({problems[0]})")
@@ -404,7 +420,7 @@ def resolve_model_path(model_path: str | os.PathLike, model_base: str | os.PathL
             "use another checkpoint-N or checkpoint-final, or resume training with "
             "`bash scripts/finetune_qved.sh --resume`"
         )
-    problems = checkpoint_problems(path, INFERENCE_FILES)
+    problems = inference_problems(path)
     if problems:
         raise ModelLoadError(
             f"checkpoint {path} is damaged: {'; '.join(problems)}; use another checkpoint-N, or pass the run folder "

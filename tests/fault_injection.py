@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mobilevideogpt.checkpoints import (  # noqa: E402 - the repository first on the path
+    ADAPTER_WEIGHTS,
     FINAL_CHECKPOINT,
     INFERENCE_FILES,
+    NON_LORA_WEIGHTS,
     STAGING_DIR,
     checkpoint_problems,
     read_marker,
@@ -88,7 +90,7 @@ def finish(process: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
 
 
 def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("error: ")]
+    return [line for line in output.replace("\r", "\n").splitlines() if line.startswith("error: ")]
 
 
 def losses(run: Path) -> list[float]:
@@ -99,7 +101,7 @@ def losses(run: Path) -> list[float]:
 def same_weights(a: Path, b: Path) -> bool:
     from safetensors.torch import load_file
 
-    for name in INFERENCE_FILES:
+    for name in (ADAPTER_WEIGHTS, NON_LORA_WEIGHTS):
         x, y = load_file(a / name), load_file(b / name)
         if x.keys() != y.keys() or any((x[k].float() - y[k].float()).abs().max() > 1e-5 for k in x):
             return False
@@ -176,7 +178,8 @@ def disk_full(base: Path, data: Path, reference: Path, work: Path) -> None:
               "it says the disk is full and names the folder being written")
         kept = [p.name for p in step_checkpoints(run)]
         check(bool(kept) and all_checkpoints_intact(run), f"the checkpoints saved before are intact ({kept})")
-        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
+        room = (checkpoint_bytes * (STEPS + 2) + 2 * folder_bytes(base)) // 1024
+        subprocess.run(["mount", "-o", f"remount,size={room}k", str(disk)], check=True)  # space freed
         code, output = finish(start(base, data, run, "--resume", "True"))
         check(code == 0 and losses(run) == losses(reference), "after freeing space, --resume finishes the same run")
 
@@ -200,7 +203,7 @@ def disk_full(base: Path, data: Path, reference: Path, work: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where to work (default: a new temporary folder, removed after)")
-    parser.add_argument("--kills", type=int, default=4, help="kills during saves (default 4)")
+    parser.add_argument("--kills", type=int, default=4, help="kills during saves (default 4; 0 skips that part)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mvgpt-faults-"))
@@ -209,15 +212,22 @@ def main() -> int:
         from mobilevideogpt.model.tiny import fast_geometry, save_tiny_checkpoint
         from mobilevideogpt.qved.sample_dataset import make_sample_dataset
 
-        base = save_tiny_checkpoint(work / "base", seed=0, **fast_geometry())
-        make_sample_dataset(work / "dataset", log=lambda message: None)
-        data = work / "dataset" / "qved_train.json"
-        reference = work / "reference"
-        code, output = finish(start(base, data, reference))
-        if code != 0:
-            print(output[-3000:])
-            return 1
-        kill_during_saves(base, data, reference, work, args.kills, random.Random(args.seed))
+        # A --workdir from an earlier run keeps its base model, dataset and uninterrupted reference run.
+        base, data, reference = work / "base", work / "dataset" / "qved_train.json", work / "reference"
+        if not (base / "config.json").is_file():
+            save_tiny_checkpoint(base, seed=0, **fast_geometry())
+        if not data.is_file():
+            make_sample_dataset(data.parent, log=lambda message: None)
+        if not (reference / FINAL_CHECKPOINT / "COMPLETE").is_file():
+            shutil.rmtree(reference, ignore_errors=True)
+            code, output = finish(start(base, data, reference))
+            if code != 0:
+                print(output[-3000:])
+                return 1
+        for part in ("killed", "truncated"):
+            shutil.rmtree(work / part, ignore_errors=True)
+        if args.kills:
+            kill_during_saves(base, data, reference, work, args.kills, random.Random(args.seed))
         truncate_each_file(reference, work)
         disk_full(base, data, reference, work)
     finally:

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (*expected_errors(), ResumeError, UnusableDataError) as err:
         if debug:
             raise
-        print(f"error: {worker_message(err)}", file=sys.stderr, flush=True)
+        # On a line of its own: a progress bar may have left the cursor mid-line.
+        print(f"\nerror: {worker_message(err)}", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -93,6 +93,10 @@ class MobileVideoGPTTrainer(Trainer):
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._save_staged(run_dir / name, lambda: super(MobileVideoGPTTrainer, self)._save_checkpoint(model, trial))
+        # The Trainer looked for the best checkpoint under the staging folder; it is in the run folder now.
+        best = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+        if self.state.best_global_step and best.is_dir():
+            self.state.best_model_checkpoint = str(best)
         if self.args.should_save and self.args.save_total_limit:
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
 
