@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # Skip reasons, as keys of `SupervisedVideoDataset.skipped` (record-level ones come from `processing`).
 VIDEO_ERROR = "video_error"
 TOO_LONG = "too_long"
+MAX_LISTED_SKIPS = 5  # per process: skipped samples logged one by one, the rest only counted
 _REASON_TEXT = {NO_CONVERSATIONS: "no `conversations`", NO_ANSWER: "no user question with an answer"}
 
 
@@ -296,7 +297,11 @@ class SupervisedVideoDataset(Dataset):
         self._last_problem = str(skip)
         self.skipped[skip.reason] += 1
         record = self.records[index]
-        logger.warning("skipping sample %s (%s): %s", record.source, record.video or "no video", skip)
+        skips = len(self._bad)
+        if skips <= MAX_LISTED_SKIPS:
+            logger.warning("skipping sample %s (%s): %s", record.source, record.video or "no video", skip)
+        if skips == MAX_LISTED_SKIPS:
+            logger.warning("further skipped samples are counted, not listed (`mvgpt verify` lists every bad video)")
 
     def _build(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]

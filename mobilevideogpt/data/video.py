@@ -26,6 +26,9 @@ from mobilevideogpt.data.transforms import clip_transform, videomamba_transform
 
 BACKEND_ENV_VAR = "MOBILEVIDEOGPT_VIDEO_BACKEND"
 BACKENDS = ("decord", "opencv")
+# A damaged video is reported once, as a VideoDecodeError naming it; FFmpeg's own per-frame complaints (hundreds of
+# lines for one file) stay off the console unless the user asks for them by setting this variable.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class VideoDecodeError(RuntimeError):
@@ -117,9 +120,11 @@ class VideoInputs:
 
 def _import_decord() -> ModuleType | None:
     try:
-        return importlib.import_module("decord")
+        decord = importlib.import_module("decord")
     except ImportError:
         return None
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's complaints; failures are raised with the file named
+    return decord
 
 
 def _requested_backend(backend: str | None) -> str | None:
