@@ -28,6 +28,12 @@ class RunFolderError(ValueError):
     """A training output folder cannot take this run (another run's, unwritable, ...); the message says what to do."""
 
 
+def is_write_failure(err: BaseException) -> bool:
+    """An error of the file system while writing (libraries that write natively report it as their own type)."""
+    text = str(err)
+    return isinstance(err, OSError) or is_disk_full(err) or "write failed" in text or "I/O error" in text
+
+
 def is_disk_full(err: BaseException) -> bool:
     """ENOSPC, also when a library reports it only in its message (safetensors, torch.save)."""
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:

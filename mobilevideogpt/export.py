@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import FINAL_CHECKPOINT, RUN_RECORD, resolve_model_path, step_checkpoints, swap_into_place
-from .errors import ModelLoadError, saving_error
+from .errors import ModelLoadError, is_write_failure, saving_error
 from .model.assemble import assemble_model, load_model_config, load_tokenizer
 from .runtime import resolve_dtype
 
@@ -127,5 +127,7 @@ def merge_checkpoint(
         swap_into_place(staged, out)
     except Exception as err:
         shutil.rmtree(staged, ignore_errors=True)
-        raise saving_error(err, "the merged model", out) from err
+        if is_write_failure(err):
+            raise saving_error(err, "the merged model", out) from err
+        raise
     return out

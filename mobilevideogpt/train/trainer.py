@@ -21,7 +21,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..checkpoints import NON_LORA_WEIGHTS, STAGING_DIR, mark_complete, swap_into_place
-from ..errors import first_line, saving_error
+from ..errors import first_line, is_write_failure, saving_error
 from .safe_loading import refused_pickles, weights_only_unpickling
 
 
@@ -124,7 +124,9 @@ class MobileVideoGPTTrainer(Trainer):
         try:
             save()
         except Exception as err:
-            raise saving_error(err, "checkpoint", staged) from err
+            if is_write_failure(err):
+                raise saving_error(err, "checkpoint", staged) from err
+            raise
         finally:
             self._staging = None
         # Every rank must have written its shards and states before the folder is declared complete.
