@@ -13,6 +13,7 @@ the video with the training sampler, renders the training chat template (`proces
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from .constants import DEFAULT_SYSTEM_PROMPT
 from .data.video import VideoInputs
 from .model.assemble import load_for_inference
 from .processing import STOP_STRING, VideoTextProcessor
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,6 +205,24 @@ class VideoChat:
             settings.update(temperature=temperature, top_p=top_p, top_k=0)
         return settings
 
+    def _fit_positions(self, generation: dict, prompt_length: int) -> dict:
+        """Clamp `max_new_tokens` so prompt (visual tokens included) + answer stay within the model's positions."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if not positions:
+            return generation
+        room = positions - prompt_length
+        if room < 1:
+            raise ValueError(
+                f"the prompt with its video takes {prompt_length} positions, the model has {positions}; shorten the prompt"
+            )
+        if generation["max_new_tokens"] <= room:
+            return generation
+        logger.warning(
+            "max_new_tokens %d is past the model's %d positions (the prompt and video take %d): generating at most %d",
+            generation["max_new_tokens"], positions, prompt_length, room,
+        )
+        return {**generation, "max_new_tokens": room, "min_new_tokens": min(generation["min_new_tokens"], room)}
+
     def answer(
         self,
         video: str | os.PathLike | VideoInputs,
@@ -242,6 +263,7 @@ class VideoChat:
             )
             self._synchronize()
             encoded = time.perf_counter()
+            generation = self._fit_positions(generation, spliced.inputs_embeds.shape[1])
             streamer = _TimedStreamer(self.tokenizer, on_text)
             new_ids = self.model.generate(
                 inputs_embeds=spliced.inputs_embeds,
@@ -273,7 +295,8 @@ class VideoChat:
             frame_indices=list(inputs.indices),
             timings=timings,
             generation={
-                "max_new_tokens": max_new_tokens,
+                "max_new_tokens": generation["max_new_tokens"],
+                **({"max_new_tokens_requested": max_new_tokens} if generation["max_new_tokens"] != max_new_tokens else {}),
                 "temperature": temperature,
                 "top_p": top_p if temperature > 0 else None,
                 "seed": seed,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoints import resolve_model_path
-from .errors import ModelLoadError
+from .checkpoints import FINAL_CHECKPOINT, RUN_RECORD, resolve_model_path, step_checkpoints, swap_into_place
+from .errors import ModelLoadError, is_write_failure, saving_error
 from .model.assemble import assemble_model, load_model_config, load_tokenizer
 from .runtime import resolve_dtype
 
@@ -36,6 +37,43 @@ def saved_dtype(config) -> torch.dtype:
     return torch.float32
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def protected_folders(source) -> list[tuple[str, Path]]:
+    """(what, folder) an export must stay out of: the checkpoint's training run, the checkpoint, a local base."""
+    checkpoint = source.checkpoint.resolve()
+    folders = [("the checkpoint", checkpoint)]
+    run = checkpoint.parent
+    if (run / RUN_RECORD).is_file() or step_checkpoints(run) or (run / FINAL_CHECKPOINT).is_dir():
+        folders.insert(0, ("the checkpoint's training run", run))
+    base = Path(source.base).expanduser()
+    if base.exists():
+        folders.append(("the base model", base.resolve()))
+    return folders
+
+
+def check_output_folder(out: Path, source, overwrite: bool) -> None:
+    """Refuse an output that is, contains or lies inside a protected folder, and one holding files that are not an
+    earlier export (`--overwrite` replaces only an export: a folder with `merge_info.json`)."""
+    resolved = out.expanduser().resolve()
+    overlaps = [(w, f) for w, f in protected_folders(source) if _is_within(resolved, f) or _is_within(f, resolved)]
+    if overlaps:
+        what, folder = next(((w, f) for w, f in overlaps if f == resolved), overlaps[0])
+        relation = "is" if resolved == folder else "lies inside" if _is_within(resolved, folder) else "contains"
+        raise ModelLoadError(f"--out {out} {relation} {what} ({folder}); choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MERGE_INFO).is_file():
+            raise FileExistsError(
+                f"--out {out} holds files that are not a merged model (no {MERGE_INFO}); choose a new or empty folder"
+            )
+        if not overwrite:
+            raise FileExistsError(f"--out {out} is not empty (an earlier export); choose a new folder or pass --overwrite")
+
+
 def merge_checkpoint(
     model_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -47,8 +85,11 @@ def merge_checkpoint(
 ) -> Path:
     """Write the standalone model for `model_path` (a training checkpoint or run folder) to `out_dir`.
 
-    dtype "auto" keeps the dtype the checkpoint's config records (training writes its training dtype). Raises `ModelLoadError` for unusable
-    checkpoints and `FileExistsError` when `out_dir` holds files (unless `overwrite`).
+    dtype "auto" keeps the dtype the checkpoint's config records (training writes its training dtype). The export is
+    written beside `out_dir` under a temporary name and renamed into place when complete, so an earlier export is
+    replaced only by a whole new one. Raises `ModelLoadError` for unusable checkpoints or an `out_dir` inside the
+    checkpoint, its run or its base, `FileExistsError` when `out_dir` holds files (an earlier export may be replaced
+    with `overwrite`), and `SaveError` naming the folder when writing fails (a full disk says so).
     """
     source = resolve_model_path(model_path, model_base)
     if not source.is_training_checkpoint or not (source.has_adapter or source.has_projectors):
@@ -56,10 +97,7 @@ def merge_checkpoint(
             f"{model_path} is already a standalone model (no LoRA adapter or projector file to merge); load it directly"
         )
     out = Path(out_dir)
-    if out.resolve() in (source.checkpoint.resolve(), Path(source.base).resolve()):
-        raise ModelLoadError(f"--out {out} is the checkpoint or its base; choose a new folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+    check_output_folder(out, source, overwrite)
 
     target_dtype = saved_dtype(load_model_config(source)) if dtype in (None, "", "auto") else resolve_dtype(dtype)
     model = assemble_model(source, clip_path, videomamba_path, merge=True)
@@ -67,19 +105,29 @@ def merge_checkpoint(
     model.config.dtype = target_dtype
     tokenizer = load_tokenizer(source)
 
-    # Only now that the new model exists may an old export be replaced.
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    info = {
-        "merged_from": str(source.checkpoint),
-        "base": source.base,
-        "lora_merged": source.has_adapter,
-        "projectors_applied": source.has_projectors,
-        "dtype": str(target_dtype).removeprefix("torch."),
-        "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    (out / MERGE_INFO).write_text(json.dumps(info, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))
+    try:
+        model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        info = {
+            "merged_from": str(source.checkpoint),
+            "base": source.base,
+            "lora_merged": source.has_adapter,
+            "projectors_applied": source.has_projectors,
+            "dtype": str(target_dtype).removeprefix("torch."),
+            "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (staged / MERGE_INFO).write_text(json.dumps(info, indent=2))
+        umask = os.umask(0)
+        os.umask(umask)
+        staged.chmod(0o777 & ~umask)  # mkdtemp made it private; an export is an ordinary folder
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        swap_into_place(staged, out)
+    except Exception as err:
+        shutil.rmtree(staged, ignore_errors=True)
+        if is_write_failure(err):
+            raise saving_error(err, "the merged model", out) from err
+        raise
     return out

@@ -64,3 +64,17 @@ def test_generation_stops_at_im_end_and_strips_it(trained_chat, sample_dataset_d
 def test_an_empty_prompt_is_refused(trained_chat, sample_dataset_dir):
     with pytest.raises(ValueError, match="prompt is empty"):
         trained_chat.answer(sample_dataset_dir / GUIDE_VIDEO, "  ")
+
+
+def test_max_new_tokens_past_the_models_positions_is_clamped_and_said(trained_chat, sample_dataset_dir, monkeypatch, caplog):
+    video = trained_chat.load_video(sample_dataset_dir / GUIDE_VIDEO)
+    prompt_length = len(trained_chat.processor.prompt_ids(GUIDE_PROMPT)) - 1 + trained_chat.model.config.visual_tokens_per_video
+    monkeypatch.setattr(trained_chat.model.config, "max_position_embeddings", prompt_length + 3)
+    with caplog.at_level("WARNING", logger="mobilevideogpt"):
+        result = trained_chat.answer(video, GUIDE_PROMPT, max_new_tokens=100000)
+    assert result.num_new_tokens <= 3
+    assert result.generation["max_new_tokens"] == 3 and result.generation["max_new_tokens_requested"] == 100000
+    assert f"max_new_tokens 100000 is past the model's {prompt_length + 3} positions" in caplog.text
+    monkeypatch.setattr(trained_chat.model.config, "max_position_embeddings", prompt_length)
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        trained_chat.answer(video, GUIDE_PROMPT, max_new_tokens=1)

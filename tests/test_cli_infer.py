@@ -78,7 +78,7 @@ def test_cli_streams_trained_checkpoint(capsys, mvgpt_trained_run, sample_datase
     assert code == 0 and quiet_out == out  # greedy: the same answer, printed at the end
 
 
-def test_cli_bad_inputs_are_one_line_errors(capsys, mvgpt_trained_run, sample_dataset_dir, tmp_path):
+def test_cli_bad_inputs_are_one_line_errors(capsys, mvgpt_trained_run, sample_dataset_dir, tmp_path, monkeypatch):
     video = sample_dataset_dir / GUIDE_VIDEO
     code, out, err = run_cli(capsys, "--model_path", mvgpt_trained_run, "--video_path", tmp_path / "missing.mp4")
     assert_one_line_error(code, err, "missing.mp4", "file not found", "--video_path")
@@ -96,6 +96,11 @@ def test_cli_bad_inputs_are_one_line_errors(capsys, mvgpt_trained_run, sample_da
 
     code, _, err = run_cli(capsys, "--model_path", "results/nope/checkpoint-final", "--video_path", video)
     assert_one_line_error(code, err, "does not exist")
+    # `results/nope` has the shape of a hub id, but results/ is a local folder: it is reported as a missing folder.
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--model_path", "results/nope", "--video_path", video)
+    assert_one_line_error(code, err, "results/nope does not exist: no such folder")
 
     code, _, err = run_cli(capsys, "--model_path", mvgpt_trained_run, "--video_path", video, "--prompt", " ")
     assert_one_line_error(code, err, "--prompt is empty")

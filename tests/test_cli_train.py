@@ -37,8 +37,36 @@ def test_script_overrides_and_help():
     for flag in ("--per_device_train_batch_size 1", "--gradient_accumulation_steps 16", "--model_max_length 1024",
                  "--num_train_epochs 2", "--max_steps 3"):
         assert flag in cmd, flag
+    rank_args = run_script("--rank-args", "--", "--max_steps", "3", BATCH="1").stdout.strip()
+    assert len(rank_args.splitlines()) == 1 and rank_args.startswith("--deepspeed scripts/zero3.json")
+    assert "--per_device_train_batch_size 1" in rank_args and rank_args.endswith("--max_steps 3")
     help_text = run_script("--help").stdout
     for name in ("BATCH", "GACC", "MAXLEN", "--demo", "--resume", "HOSTFILE"):
         assert name in help_text
     bad = run_script("--bogus")
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+def test_a_second_run_into_the_same_folder_is_refused_before_launching(capsys, tmp_path, monkeypatch):
+    from mobilevideogpt.cli import run_command
+    from mobilevideogpt.train import launch
+    from mobilevideogpt.train.run_folder import claim_run_folder
+    from tests.cli_helpers import assert_one_line_error
+    from tests.test_run_folder import read_only_folder
+
+    def no_launch(command, env=None):
+        raise AssertionError("the launcher must not start")
+
+    monkeypatch.setattr(launch, "supervise", no_launch)
+    run = tmp_path / "run"
+    run_id = claim_run_folder(run, resume=False, overwrite=False)
+    (run / "checkpoint-8").mkdir()
+    args = ["--output-dir", str(run), "--ds-config", str(REPO / "scripts" / "zero3.json")]
+    code = run_command("train", args)
+    assert_one_line_error(code, capsys.readouterr().err, f"already holds run {run_id}", "--resume", "--overwrite")
+    code = run_command("train", [*args, "--resume", "--overwrite"])
+    assert_one_line_error(code, capsys.readouterr().err, "pass only one")
+    with read_only_folder(tmp_path / "ro") as folder:
+        code = run_command("train", ["--output-dir", str(folder / "run"), "--ds-config", args[-1]])
+        assert_one_line_error(code, capsys.readouterr().err, "not writable")
+    assert "--overwrite" in run_script("--help").stdout

@@ -13,6 +13,7 @@ from mobilevideogpt.data.collator import VideoSFTCollator
 from mobilevideogpt.data.dataset import (
     SampleTooLongError,
     SupervisedVideoDataset,
+    UnusableDataError,
     truncate_sample,
 )
 from mobilevideogpt.processing import parse_conversation, tokenize_segments
@@ -152,7 +153,7 @@ def test_failing_video_skipped_counted_and_replaced(tmp_path, qwen25_tokenizer, 
 
 def test_all_broken_raises_instead_of_looping(tmp_path, qwen25_tokenizer):
     ds = make_dataset(tmp_path, [record(f"bad{i}") for i in range(5)], qwen25_tokenizer)
-    with pytest.raises(RuntimeError, match="none of the 5 samples can be used.*video_error: 5"):
+    with pytest.raises(UnusableDataError, match=r"none of the 5 samples can be used \(last: .*bad\d.mp4.*video_error: 5"):
         ds[0]
     assert len(ds.video_loader.calls) == 5
     bounded = make_dataset(tmp_path, [record(f"bad{i}") for i in range(50)], qwen25_tokenizer, max_load_attempts=3)
@@ -194,30 +195,30 @@ def test_truncation_counts_visual_tokens():
     assert truncate_sample([1, 2, 3, 4], [IGN, 2, 3, 4], 2, 10) == ([1, 2], [IGN, 2])
 
 
-def test_too_long_sample_skipped(tmp_path, qwen25_tokenizer, caplog):
+def test_too_long_samples_are_skipped_or_cut_at_construction_and_counted(tmp_path, qwen25_tokenizer, caplog):
     ok = record("ok0")
     long = record("long1", answer="fine")
     long["conversations"][0]["value"] += " really" * 200
-    ds = make_dataset(tmp_path, [ok, long], qwen25_tokenizer, model_max_length=120, num_visual_tokens=50)
+    tail = record("tail2", answer="word " * 500)
     with caplog.at_level(logging.WARNING):
-        item = ds[1]
-    assert ds.skipped["too_long"] == 1 and "long1.mp4" in caplog.text and "model_max_length=120" in caplog.text
-    assert len(item["input_ids"]) - 1 + 50 <= 120
-    only_long = make_dataset(tmp_path, [long], qwen25_tokenizer, model_max_length=120, num_visual_tokens=50)
-    with pytest.raises(RuntimeError, match="none of the 1 samples.*Raise model_max_length \\(now 120\\)"):
-        only_long[0]
-    # A long answer is cut at the end, the prompt and placeholder stay.
-    tail = record("tail0", answer="word " * 500)
-    ds = make_dataset(tmp_path, [tail], qwen25_tokenizer, model_max_length=200, num_visual_tokens=50)
-    item = ds[0]
+        ds = make_dataset(tmp_path, [ok, long, tail], qwen25_tokenizer, model_max_length=200, num_visual_tokens=50)
+    assert len(ds) == 2 and ds.skipped["too_long"] == 1 and ds.truncated == 1
+    assert "1 sample(s) skipped: the prompt, video and first answer token do not fit model_max_length = 200" in caplog.text
+    assert "qved_train.json#1 needs" in caplog.text
+    assert "1 sample(s) have answers cut to fit model_max_length = 200 (first:" in caplog.text
+    assert "answer(s) cut to fit model_max_length" in ds.skip_summary()
+    # A long answer is cut at the end; the prompt and placeholder stay.
+    item = ds[1]
     assert len(item["input_ids"]) == 200 - 49 and IMAGE_TOKEN_INDEX in item["input_ids"].tolist()
     assert (item["labels"][-10:] != IGNORE_INDEX).all()
 
 
-def test_max_length_without_room_for_the_video_is_an_early_error(tmp_path, qwen25_tokenizer):
-    with pytest.raises(ValueError, match="model_max_length=2048 cannot hold one video's 2402 visual tokens"):
-        make_dataset(tmp_path, [record("ok0")], qwen25_tokenizer, model_max_length=2048, num_visual_tokens=2402)
-    # Text-only data is fine with any length.
+def test_a_length_limit_no_sample_fits_is_an_early_error_naming_the_setting(tmp_path, qwen25_tokenizer):
+    """MAXLEN=1: training says which setting to raise, in the units the user set it in (text tokens)."""
+    with pytest.raises(UnusableDataError, match=r"every sample .* is longer than MAXLEN = 1 allows .* raise MAXLEN to at least \d+"):
+        make_dataset(tmp_path, [record("ok0")], qwen25_tokenizer, model_max_length=2403, num_visual_tokens=2402,
+                     length_setting=("MAXLEN", 2402))
+    # Text-only data is fine with any length that holds it.
     make_dataset(tmp_path, [record("t", video=False)], qwen25_tokenizer, model_max_length=64, num_visual_tokens=2402)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,51 @@ def test_merge_cli_dtype_and_refusals(capsys, merged, mvgpt_trained_run, mvgpt_f
     assert "already a standalone model" in capsys.readouterr().err
     with pytest.raises(ModelLoadError, match="is the checkpoint"):
         merge_checkpoint(mvgpt_trained_run / FINAL_CHECKPOINT, mvgpt_trained_run / FINAL_CHECKPOINT, overwrite=True)
+
+
+def test_merge_never_writes_into_the_run_or_the_base(mvgpt_trained_run, mvgpt_fast_checkpoint, tmp_path):
+    """`--out` that is, contains or lies inside the checkpoint, its run or its base is refused before anything is
+    written; `--overwrite` replaces only an earlier export, never other files."""
+    run = tmp_path / "project" / "results" / "run"
+    shutil.copytree(mvgpt_trained_run, run)
+    (run / "notes.txt").write_text("the user's own file")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    checkpoint = run / FINAL_CHECKPOINT
+    for out, relation in (
+        (run, "is the checkpoint's training run"),
+        (checkpoint, "is the checkpoint"),
+        (run / "merged", "lies inside the checkpoint's training run"),
+        (run.parent, "contains the checkpoint's training run"),
+        (mvgpt_fast_checkpoint, "is the base model"),
+        (mvgpt_fast_checkpoint / "merged", "lies inside the base model"),
+    ):
+        assert merge_main(["--model_path", str(checkpoint), "--out", str(out), "--overwrite"]) == 1
+        with pytest.raises(ModelLoadError, match=relation):
+            merge_checkpoint(checkpoint, out, overwrite=True)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "thesis.tex").write_text("not a model")
+    with pytest.raises(FileExistsError, match="not a merged model"):
+        merge_checkpoint(checkpoint, other, overwrite=True)
+    assert (other / "thesis.tex").read_text() == "not a model"
+
+
+def test_a_failed_merge_keeps_the_earlier_export_and_leaves_nothing_half_written(merged, mvgpt_trained_run, tmp_path, monkeypatch):
+    from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
+
+    out = tmp_path / "merged"
+    shutil.copytree(merged, out)
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(self, save_directory, **kwargs):
+        (Path(save_directory) / "model.safetensors").write_bytes(b"\0" * 1000)  # a partial file, then no space
+        raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(MobileVideoGPTQwenForCausalLM, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match=f"no space left on the disk while writing the merged model {out}") as info:
+        merge_checkpoint(mvgpt_trained_run, out, overwrite=True)
+    assert info.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temporary folder left behind

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mobilevideogpt.checkpoints import ADAPTER_WEIGHTS, FINAL_CHECKPOINT, NON_LORA_WEIGHTS
+from mobilevideogpt.checkpoints import ADAPTER_WEIGHTS, COMPLETE_MARKER, FINAL_CHECKPOINT, NON_LORA_WEIGHTS, mark_complete
 from mobilevideogpt.errors import ModelLoadError
 from mobilevideogpt.model.assemble import apply_non_lora_weights, load_for_inference
 from tests.trained_checkpoint import LORA_ALPHA, LORA_R
@@ -93,5 +95,42 @@ def test_adapter_must_match_the_lora_layers(mvgpt_trained_run, tmp_path):
     dropped = sorted(tensors)[0]
     del tensors[dropped]
     save_file(tensors, checkpoint / ADAPTER_WEIGHTS)
+    with pytest.raises(ModelLoadError, match=f"{ADAPTER_WEIGHTS} is damaged \\(\\d+ bytes, \\d+ when saved"):
+        load_for_inference(checkpoint, device="cpu")
+    mark_complete(checkpoint, 1)  # as if it had been saved like this
     with pytest.raises(ModelLoadError, match="absent from the file"):
         load_for_inference(checkpoint, device="cpu")
+
+
+def unmarked_copy(run: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of the checkpoint whose marker lists no files (written by hand, or before markers did): the
+    loaders' own checks are all that stand between a damaged file and the model."""
+    checkpoint = copy_checkpoint(run, tmp_path / name)
+    marker = json.loads((checkpoint / COMPLETE_MARKER).read_text())
+    del marker["files"]
+    (checkpoint / COMPLETE_MARKER).write_text(json.dumps(marker))
+    return checkpoint
+
+
+def test_damaged_weight_files_are_named(mvgpt_trained_run, mvgpt_fast_checkpoint, tmp_path):
+    empty = unmarked_copy(mvgpt_trained_run, tmp_path, "empty")
+    (empty / ADAPTER_WEIGHTS).write_bytes(b"")
+    cut = unmarked_copy(mvgpt_trained_run, tmp_path, "cut")
+    (cut / NON_LORA_WEIGHTS).write_bytes((cut / NON_LORA_WEIGHTS).read_bytes()[:100])
+    for path in (empty / ADAPTER_WEIGHTS, cut / NON_LORA_WEIGHTS):
+        with pytest.raises(ModelLoadError, match=f"{path} is damaged .SafetensorError.*cut short or corrupted"):
+            load_for_inference(path.parent, device="cpu")
+
+    wrong = unmarked_copy(mvgpt_trained_run, tmp_path, "wrong")
+    tensors = load_file(wrong / ADAPTER_WEIGHTS)
+    key = sorted(k for k in tensors if "lora_A" in k)[0]
+    tensors[key] = torch.zeros(LORA_R + 1, tensors[key].shape[1])
+    save_file(tensors, wrong / ADAPTER_WEIGHTS)
+    with pytest.raises(ModelLoadError, match=re.escape(f"{key} is torch.Size([{LORA_R + 1}, ")):
+        load_for_inference(wrong, device="cpu")
+
+    base = tmp_path / "base"
+    shutil.copytree(mvgpt_fast_checkpoint, base)
+    (base / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes()[:3000])
+    with pytest.raises(ModelLoadError, match=f"{base / 'model.safetensors'} is damaged"):
+        load_for_inference(mvgpt_trained_run, model_base=base, device="cpu")

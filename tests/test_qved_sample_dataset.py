@@ -80,7 +80,7 @@ def test_generation_is_deterministic(tmp_path):
     make_sample_dataset(tmp_path / "a" / "dataset", **QUIET)
     make_sample_dataset(tmp_path / "b" / "dataset", **QUIET)
     first, second = _files(tmp_path / "a" / "dataset"), _files(tmp_path / "b" / "dataset")
-    assert len(first) == 30 + 4 and first == second
+    assert len(first) == 30 + 5 and first == second  # + README, labels, manifest, qved_train, the record
     make_sample_dataset(tmp_path / "c" / "dataset", seed=1, **QUIET)
     assert _files(tmp_path / "c" / "dataset") != first
 
@@ -95,6 +95,26 @@ def test_refuses_to_overwrite_other_data(tmp_path):
     make_sample_dataset(real, force=True, **QUIET)
     assert (real / "squats" / "real_video.mp4").read_bytes() == b"real data"
     assert (real / "manifest.json").is_file()
+
+
+def test_never_replaces_a_file_it_did_not_write(tmp_path):
+    """--force adds the sample beside other data; a real video or label file with a sample's name is never replaced,
+    nor a sample file the user has since replaced with real data (as README.txt suggests)."""
+    real = tmp_path / "dataset"
+    (real / "squats").mkdir(parents=True)
+    (real / "squats" / "00093026.mp4").write_bytes(b"a real squats video")
+    (real / "ground_truth.json").write_text("[]")
+    with pytest.raises(FileExistsError, match="00093026.mp4.*ground_truth.json.*not written by sample-data"):
+        make_sample_dataset(real, force=True, **QUIET)
+    assert sorted(p.name for p in real.rglob("*")) == ["00093026.mp4", "ground_truth.json", "squats"]
+    assert (real / "squats" / "00093026.mp4").read_bytes() == b"a real squats video"
+
+    sample = tmp_path / "sample"
+    make_sample_dataset(sample, **QUIET)
+    (sample / "tricep_stretch" / "00002012.mp4").write_bytes(b"the user's real video, same name")
+    with pytest.raises(FileExistsError, match="00002012.mp4 exist and were not written by sample-data"):
+        make_sample_dataset(sample, seed=2, **QUIET)
+    assert (sample / "tricep_stretch" / "00002012.mp4").read_bytes() == b"the user's real video, same name"
 
 
 def test_regenerating_a_sample_replaces_its_old_videos(tmp_path):

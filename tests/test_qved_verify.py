@@ -67,6 +67,24 @@ def test_corrupted_video_fails_and_is_named(project):
     assert "SETUP INCOMPLETE" in run.stdout
 
 
+def test_a_video_missing_most_of_its_frames_fails(project):
+    from tests.test_video import damage_middle
+
+    videos = sorted((project / "dataset").glob("*/*.mp4"), key=lambda p: p.stat().st_size)
+    damage_middle(videos[-1], videos[-1])
+    report = Report()
+    verify.check_videos_decode(report, videos[-2:], project / "dataset")
+    assert len(report.failures) == 1 and videos[-1].name in report.failures[0]
+    assert "frames its container declares decode" in report.failures[0]
+
+
+def test_an_empty_label_file_fails(project):
+    (project / "dataset" / "ground_truth.json").write_text("[]")
+    report = Report()
+    verify.check_dataset(report, project / "dataset")
+    assert any("ground_truth.json holds no label records" in failure for failure in report.failures), report.failures
+
+
 def test_missing_video_fails_and_is_named(project):
     (project / "dataset" / "tricep_stretch" / "00002012.mp4").unlink()
     run = _verify(project, "--skip-environment")

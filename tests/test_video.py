@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -180,14 +181,21 @@ class _LyingCapture:
         return getattr(self._capture, name)
 
 
-@pytest.mark.parametrize("reported", [0, 12, 200])
+@pytest.mark.parametrize("reported", [0, 12, 31, 32])
 def test_opencv_is_robust_to_a_wrong_frame_count(numbered_video, monkeypatch, reported):
+    """No count, an undercount, or an estimate a frame or two high: the frames that decode are sampled."""
     expected = decode_video(numbered_video, backend="decord")
     monkeypatch.setattr(cv2, "VideoCapture", lambda path: _LyingCapture(path, reported))
     decoded = decode_video(numbered_video, backend="opencv")
     assert decoded.num_total_frames == 30
     assert decoded.indices == expected.indices
     assert np.abs(decoded.frames.astype(int) - expected.frames.astype(int)).max() <= 3
+
+
+def test_frames_missing_from_what_the_container_declares_are_an_error(numbered_video, monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda path: _LyingCapture(path, 200))
+    with pytest.raises(VideoDecodeError, match="only 30 of the 200 frames its container declares decode"):
+        decode_video(numbered_video, backend="opencv")
 
 
 def test_very_short_video_has_repeated_real_frames(tmp_path):
@@ -233,6 +241,25 @@ def test_truncated_video_is_an_error(sample_dataset_dir, tmp_path):
     truncated.write_bytes(source.read_bytes()[:2000])
     with pytest.raises(VideoDecodeError, match="truncated.mp4"):
         decode_video(truncated)
+
+
+def damage_middle(source: Path, target: Path) -> Path:
+    """`source` with 30-60 % of its bytes zeroed: the container still declares every frame, most do not decode."""
+    data = bytearray(source.read_bytes())
+    data[int(len(data) * 0.3) : int(len(data) * 0.6)] = bytes(int(len(data) * 0.6) - int(len(data) * 0.3))
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("backend", ["auto", "opencv"])
+def test_a_damaged_middle_is_an_error_not_a_short_video(sample_dataset_dir, tmp_path, backend):
+    source = max(sample_dataset_dir.glob("*/*.mp4"), key=lambda p: p.stat().st_size)
+    assert decode_video(source).num_total_frames >= 40
+    damaged = damage_middle(source, tmp_path / "damaged.mp4")
+    with pytest.raises(VideoDecodeError) as info:
+        decode_video(damaged, backend=backend)
+    assert info.value.path == str(damaged) and str(damaged) in str(info.value)
+    assert re.search(r"only \d+ of the \d+ frames its container declares decode", str(info.value))
 
 
 def test_load_video_inputs_applies_both_preprocessors_to_the_same_frames(numbered_video):

@@ -30,6 +30,7 @@ def _percent(entry: dict) -> str:
     return "n/a" if entry["value"] is None else f"{100 * entry['value']:.0f} % ({entry['correct']}/{entry['n']})"
 
 
+
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -70,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     values = resolve_settings(vars(args), os.environ, demo=True)
     demo_dir = Path(values["DEMO_DIR"])
+    own_run = args.output_dir is None and "OUTPUT_DIR" not in os.environ
+    if own_run and not args.resume and not args.overwrite:
+        # The demo's own run folder: a new demo replaces the previous one (another OUTPUT_DIR is never replaced).
+        args.overwrite = True
     if not args.dry_run:
         _, _, heldout = prepare_demo(demo_dir, log=print)
     status = train.launch_training(args, demo_mode=True)

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clip_path", help="CLIP weights when the base lacks them")
     parser.add_argument("--videomamba_path", help="VideoMamba .pth when the base lacks it")
-    parser.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (never other files)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

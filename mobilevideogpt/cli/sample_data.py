@@ -26,8 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="write into a folder holding other (e.g. real) data; replaces its ground_truth.json, manifest.json and "
-        "qved_train.json",
+        help="add the sample to a folder holding other (e.g. real) data; a file sample-data did not write is never "
+        "replaced (if one is in the way, nothing is written)",
     )
 
 

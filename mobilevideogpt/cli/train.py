@@ -49,7 +49,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     """--resume, --dry-run, one option per recipe setting, and the trainer's own flags after `--`."""
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint-N in OUTPUT_DIR")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUTPUT_DIR holds (its checkpoints, logs and run.json; other files stay)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and the launch command, then exit")
+    parser.add_argument(
+        "--rank-args",
+        action="store_true",
+        help="print only the flags each rank gets, for torchrun or SLURM (`-m mobilevideogpt.cli.train_rank FLAGS`)",
+    )
     for setting in (*SETTINGS, DEMO_DIR_SETTING):
         parser.add_argument(setting.option, dest=setting.dest, metavar=setting.name, help=argparse.SUPPRESS)
     parser.add_argument("trainer_args", nargs="*", metavar="-- TRAINER_ARGS", help="passed to the trainer as they are")
@@ -65,7 +75,9 @@ def _gpu_defaults() -> tuple[int, str]:
     return count, "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def trainer_arguments(values: dict[str, str], resume: bool, on_gpu: bool, precision: str) -> list[str]:
+def trainer_arguments(
+    values: dict[str, str], resume: bool, on_gpu: bool, precision: str, overwrite: bool = False
+) -> list[str]:
     """The flags each rank's TrainingArguments receive for the resolved recipe values."""
     if precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"PRECISION must be bf16, fp16 or fp32 (got {precision!r})")
@@ -96,6 +108,8 @@ def trainer_arguments(values: dict[str, str], resume: bool, on_gpu: bool, precis
         args += ["--eval_strategy", "no"]
     if resume:
         args += ["--resume", "True"]
+    if overwrite:
+        args += ["--overwrite", "True"]
     if not on_gpu:
         args += ["--use_cpu", "True"]
     if precision != "fp32":
@@ -113,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
 
 def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     """Resolve the recipe, print it, and run (or, with --dry-run, show) the launch."""
+    from ..checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT, read_marker, read_run_id
     from ..train.launch import launcher_command, supervise
+    from ..train.run_folder import check_run_folder
 
     values = resolve_settings(vars(args), os.environ, demo=demo_mode)
     if values["DATASET_VAL"] == AUTO:
@@ -121,10 +137,13 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     gpus, default_precision = _gpu_defaults()
     num_gpus = int(values["NUM_GPUS"]) if values["NUM_GPUS"] != AUTO else max(gpus, 1)
     precision = values["PRECISION"] if values["PRECISION"] != AUTO else default_precision
-    trainer_args = trainer_arguments(values, args.resume, gpus > 0, precision) + list(args.trainer_args)
+    trainer_args = trainer_arguments(values, args.resume, gpus > 0, precision, args.overwrite) + list(args.trainer_args)
     command = launcher_command(
         trainer_args, num_gpus=num_gpus, hostfile=values["HOSTFILE"] or None, master_port=int(values["MASTER_PORT"])
     )
+    if args.rank_args:
+        print(shlex.join(trainer_args))
+        return 0
     where = f"nodes from {values['HOSTFILE']}" if values["HOSTFILE"] else f"{num_gpus} rank(s) on {'GPU' if gpus else 'CPU'}"
     print(
         f"""== QVED finetuning: Mobile-VideoGPT ==
@@ -144,14 +163,16 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
         return 0
     if not Path(values["DS_CONFIG"]).is_file():
         raise FileNotFoundError(f"DeepSpeed config {values['DS_CONFIG']} not found; run from the project root or set DS_CONFIG")
-    Path(values["OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
+    # The ranks claim the folder; checking here first fails before DeepSpeed starts and any model loads.
+    check_run_folder(values["OUTPUT_DIR"], resume=args.resume, overwrite=args.overwrite)
     started = time.time()
     status = supervise(command)
     if status != 0:
         print(f"error: training failed (exit status {status}); see the log above", file=sys.stderr)
         return status
-    marker = Path(values["OUTPUT_DIR"]) / "checkpoint-final" / "COMPLETE"
-    if not marker.is_file() or marker.stat().st_mtime < started:
-        print(f"error: the launcher reported success but no rank wrote {marker}: a rank was killed?", file=sys.stderr)
+    final = Path(values["OUTPUT_DIR"]) / FINAL_CHECKPOINT
+    marker = read_marker(final)
+    if marker is None or marker.get("run_id") != read_run_id(values["OUTPUT_DIR"]) or (final / COMPLETE_MARKER).stat().st_mtime < started:
+        print(f"error: the launcher reported success but no rank wrote {final / COMPLETE_MARKER}: a rank was killed?", file=sys.stderr)
         return 1
     return 0

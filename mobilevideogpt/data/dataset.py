@@ -1,10 +1,11 @@
 """Lazy supervised dataset: annotation records → token ids, labels and the video's two frame stacks.
 
-Annotations are read once at construction with the one record parser (`processing.parse_record`); tokenization
-and video decoding happen per item. Nothing unusable stops training: a record the parser rejects is skipped at
-construction, and a sample whose video fails to decode, or whose prompt plus visual tokens exceed
-`model_max_length`, is skipped when it is first met and another sample is returned in its place. Every skip is
-logged with the file and record and counted in `skipped`, by reason.
+Annotations are read and tokenized once at construction with the one record parser (`processing.parse_record`);
+video decoding happens per item. Nothing unusable stops training: a record the parser rejects, or whose prompt
+plus visual tokens leave no room for its answer within `model_max_length`, is skipped at construction; a sample
+whose answer is too long is cut to fit (and counted in `truncated`); a sample whose video fails to decode is
+skipped when it is first met and another sample is returned in its place. Every skip is logged with the file
+and record and counted in `skipped`, by reason; when nothing at all is usable, the error says why and what to do.
 
 Skip counts are per process: with DataLoader workers each worker counts (and warns about) the samples it hit,
 and the main process's `skipped` only holds the records dropped at construction. The warnings in the log are
@@ -34,11 +35,20 @@ logger = logging.getLogger(__name__)
 # Skip reasons, as keys of `SupervisedVideoDataset.skipped` (record-level ones come from `processing`).
 VIDEO_ERROR = "video_error"
 TOO_LONG = "too_long"
+MAX_LISTED_SKIPS = 5  # per process: skipped samples logged one by one, the rest only counted
 _REASON_TEXT = {NO_CONVERSATIONS: "no `conversations`", NO_ANSWER: "no user question with an answer"}
 
 
 class SampleTooLongError(ValueError):
-    """The prompt plus the visual tokens leave no room for a single answer token."""
+    """The prompt plus the visual tokens leave no room for a single answer token (`needed`: the least length)."""
+
+    def __init__(self, message: str, needed: int):
+        super().__init__(message)
+        self.needed = needed
+
+
+class UnusableDataError(RuntimeError):
+    """No sample can be used (all videos fail to decode, ...); the message says why and what to do."""
 
 
 class _SkipSample(Exception):
@@ -67,14 +77,16 @@ def truncate_sample(
     if keep < needed:
         raise SampleTooLongError(
             f"the prompt and first answer token need {needed + extra} tokens ({len(placeholders)} video × "
-            f"{num_visual_tokens} visual tokens included), more than model_max_length={model_max_length}"
+            f"{num_visual_tokens} visual tokens included), more than model_max_length={model_max_length}",
+            needed + extra,
         )
     return input_ids[:keep], labels[:keep]
 
 
 @dataclass(frozen=True)
 class _Record:
-    segments: list[tuple[str, bool]]  # rendered once at construction (`Conversation.segments`)
+    input_ids: list[int]  # tokenized once at construction, already cut to `model_max_length`
+    labels: list[int]
     video: str | None
     source: str  # "file.json#index", for messages
 
@@ -102,6 +114,8 @@ class SupervisedVideoDataset(Dataset):
             (which includes the decoder's `VideoDecodeError`) mean "this video is unusable".
         seed: fixes which sample replaces a skipped one (same choice in every epoch and worker).
         max_load_attempts: samples tried per item before giving up with an error.
+        length_setting: (name, offset): how messages name the length limit the user sets, whose value is
+            `model_max_length - offset` (training sets a text budget; the visual tokens come on top).
     """
 
     def __init__(
@@ -117,6 +131,7 @@ class SupervisedVideoDataset(Dataset):
         video_loader: Callable | None = None,
         seed: int = 0,
         max_load_attempts: int = 32,
+        length_setting: tuple[str, int] = ("model_max_length", 0),
     ):
         if model_max_length <= 0 or num_visual_tokens <= 0 or max_load_attempts <= 0:
             raise ValueError("model_max_length, num_visual_tokens and max_load_attempts must be positive")
@@ -129,24 +144,30 @@ class SupervisedVideoDataset(Dataset):
         self.video_loader = video_loader
         self.seed = seed
         self.max_load_attempts = max_load_attempts
+        self.length_setting = length_setting
         self.skipped: Counter[str] = Counter()
+        self.truncated = 0  # samples whose answers were cut to fit model_max_length
+        self._too_long: list[tuple[str, int]] = []  # (source, least length it needs)
+        self._cut: list[tuple[str, int]] = []  # (source, length it needs whole)
         self._bad: dict[int, str] = {}  # index → skip reason, known in this process
+        self._last_problem = ""
         self.records: list[_Record] = []
         self._problems: list[str] = []  # record-level problems, for the error when nothing is usable
         self.num_records_read = 0
         for entry in entries:
             self._read_annotations(entry)
+        names = ", ".join(str(_annotation_path(e)) for e in entries)
+        if not self.records and self._too_long:
+            raise UnusableDataError(
+                f"every sample of {names} is longer than {self._limit_text()} allows (prompt, video and first answer "
+                f"token; the shortest needs {self._setting_value(min(n for _, n in self._too_long))}); raise "
+                f"{self.length_setting[0]} to at least {self._setting_value(max(n for _, n in self._too_long))}"
+            )
         if not self.records:
             raise ValueError(
-                f"no usable samples in {', '.join(str(_annotation_path(e)) for e in entries)}"
-                + (f": {'; '.join(self._problems[:3])}" if self._problems else "")
+                f"no usable samples in {names}" + (f": {'; '.join(self._problems[:3])}" if self._problems else "")
             )
-        if model_max_length <= num_visual_tokens and any(r.video is not None for r in self.records):
-            raise ValueError(
-                f"model_max_length={model_max_length} cannot hold one video's {num_visual_tokens} visual tokens plus "
-                "its prompt (the LLM sequence length counts the visual tokens), so every video sample would be "
-                f"skipped; use at least {num_visual_tokens + 128}"
-            )
+        self._warn_lengths()
 
     def _read_annotations(self, entry: DatasetEntry | Mapping) -> None:
         annotation_path = _annotation_path(entry)
@@ -169,8 +190,18 @@ class SupervisedVideoDataset(Dataset):
                 continue
             video = conversation.video
             video_path = str(resolve_annotation_video(video, annotation_path)) if video is not None else None
-            segments = conversation.segments(self.system_prompt)
-            self.records.append(_Record(segments, video_path, f"{annotation_path}#{index}"))
+            source = f"{annotation_path}#{index}"
+            input_ids, labels = tokenize_segments(conversation.segments(self.system_prompt), self.tokenizer)
+            try:
+                cut_ids, cut_labels = truncate_sample(input_ids, labels, self.model_max_length, self.num_visual_tokens)
+            except SampleTooLongError as err:
+                self._too_long.append((source, err.needed))
+                self.skipped[TOO_LONG] += 1
+                continue
+            if len(cut_ids) < len(input_ids):
+                self._cut.append((source, _llm_length(input_ids, self.num_visual_tokens)))
+                self.truncated += 1
+            self.records.append(_Record(cut_ids, cut_labels, video_path, source))
         self.num_records_read += len(data)
         for reason, problems in dropped.items():
             self.skipped[reason] += len(problems)
@@ -186,15 +217,45 @@ class SupervisedVideoDataset(Dataset):
                 problems[0][1],
             )
 
+    def _setting_value(self, llm_length: int) -> int:
+        """An LLM sequence length, in the units of the length setting the user sets."""
+        return llm_length - self.length_setting[1]
+
+    def _limit_text(self) -> str:
+        name, _ = self.length_setting
+        return f"{name} = {self._setting_value(self.model_max_length)}"
+
+    def _warn_lengths(self) -> None:
+        """One warning per kind: samples skipped because even their first answer token does not fit, and samples
+        whose answers are cut; each names an example and the setting that keeps them whole."""
+        name = self.length_setting[0]
+        if self._too_long:
+            logger.warning(
+                "%d sample(s) skipped: the prompt, video and first answer token do not fit %s (first: %s needs %d); "
+                "raise %s to at least %d to keep them",
+                len(self._too_long), self._limit_text(), self._too_long[0][0],
+                self._setting_value(self._too_long[0][1]), name,
+                self._setting_value(max(n for _, n in self._too_long)),
+            )
+        if self._cut:
+            logger.warning(
+                "%d sample(s) have answers cut to fit %s (first: %s needs %d); raise %s to at least %d to keep "
+                "whole answers",
+                len(self._cut), self._limit_text(), self._cut[0][0], self._setting_value(self._cut[0][1]), name,
+                self._setting_value(max(n for _, n in self._cut)),
+            )
+
     def __len__(self) -> int:
         return len(self.records)
 
     def skip_summary(self) -> str:
         """One line: how many samples this process skipped, by reason."""
         total = sum(self.skipped.values())
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
-        return f"{total} of {self.num_records_read} samples skipped in this process" + (
-            f" ({reasons})" if total else ""
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()) if n)
+        return (
+            f"{total} of {self.num_records_read} samples skipped in this process"
+            + (f" ({reasons})" if total else "")
+            + (f"; {self.truncated} answer(s) cut to fit {self.length_setting[0]}" if self.truncated else "")
         )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -210,21 +271,19 @@ class SupervisedVideoDataset(Dataset):
             except _SkipSample as skip:
                 self._mark_bad(candidate, skip)
             if attempts >= self.max_load_attempts:
-                raise RuntimeError(
-                    f"{attempts} samples in a row could not be used (last: {self.records[candidate].source}); "
-                    f"{self.skip_summary()}. {self._fix_hint()}"
+                raise UnusableDataError(
+                    f"{attempts} samples in a row could not be used (last: {self.records[candidate].source}: "
+                    f"{self._last_problem}); {self.skip_summary()}. {self._fix_hint()}"
                 )
-        raise RuntimeError(
-            f"none of the {len(self.records)} samples can be used; {self.skip_summary()}. {self._fix_hint()}"
+        raise UnusableDataError(
+            f"none of the {len(self.records)} samples can be used (last: {self._last_problem}); "
+            f"{self.skip_summary()}. {self._fix_hint()}"
         )
 
     def _fix_hint(self) -> str:
-        hints = []
         if self.skipped[VIDEO_ERROR]:
-            hints.append("Check the videos with `bash scripts/verify_qved_setup.sh`.")
-        if self.skipped[TOO_LONG]:
-            hints.append(f"Raise model_max_length (now {self.model_max_length}) or shorten the prompts.")
-        return " ".join(hints)
+            return "Check the videos with `bash scripts/verify_qved_setup.sh`."
+        return ""
 
     def _candidates(self, index: int):
         """`index`, then every other index in an order fixed by (seed, index)."""
@@ -235,21 +294,21 @@ class SupervisedVideoDataset(Dataset):
 
     def _mark_bad(self, index: int, skip: _SkipSample) -> None:
         self._bad[index] = skip.reason
+        self._last_problem = str(skip)
         self.skipped[skip.reason] += 1
         record = self.records[index]
-        logger.warning("skipping sample %s (%s): %s", record.source, record.video or "no video", skip)
+        skips = len(self._bad)
+        if skips <= MAX_LISTED_SKIPS:
+            logger.warning("skipping sample %s (%s): %s", record.source, record.video or "no video", skip)
+        if skips == MAX_LISTED_SKIPS:
+            logger.warning("further skipped samples are counted, not listed (`mvgpt verify` lists every bad video)")
 
     def _build(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
         has_video = record.video is not None
-        input_ids, labels = tokenize_segments(record.segments, self.tokenizer)
-        try:
-            input_ids, labels = truncate_sample(input_ids, labels, self.model_max_length, self.num_visual_tokens)
-        except SampleTooLongError as e:
-            raise _SkipSample(TOO_LONG, str(e)) from None
         item = {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
+            "input_ids": torch.tensor(record.input_ids, dtype=torch.long),
+            "labels": torch.tensor(record.labels, dtype=torch.long),
         }
         if has_video:
             loader = self.video_loader or _default_video_loader()
@@ -267,6 +326,11 @@ class SupervisedVideoDataset(Dataset):
             item["images"] = video.frames
             item["context_images"] = video.context_frames
         return item
+
+
+def _llm_length(input_ids: list[int], num_visual_tokens: int) -> int:
+    """Length of the sequence the LLM sees: each `IMAGE_TOKEN_INDEX` stands for `num_visual_tokens` embeddings."""
+    return len(input_ids) + input_ids.count(IMAGE_TOKEN_INDEX) * (num_visual_tokens - 1)
 
 
 def _annotation_path(entry: DatasetEntry | Mapping) -> Path:

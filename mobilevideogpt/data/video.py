@@ -26,6 +26,9 @@ from mobilevideogpt.data.transforms import clip_transform, videomamba_transform
 
 BACKEND_ENV_VAR = "MOBILEVIDEOGPT_VIDEO_BACKEND"
 BACKENDS = ("decord", "opencv")
+# A damaged video is reported once, as a VideoDecodeError naming it; FFmpeg's own per-frame complaints (hundreds of
+# lines for one file) stay off the console unless the user asks for them by setting this variable.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class VideoDecodeError(RuntimeError):
@@ -120,9 +123,11 @@ class VideoInputs:
 
 def _import_decord() -> ModuleType | None:
     try:
-        return importlib.import_module("decord")
+        decord = importlib.import_module("decord")
     except ImportError:
         return None
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's complaints; failures are raised with the file named
+    return decord
 
 
 def _requested_backend(backend: str | None) -> str | None:
@@ -199,6 +204,12 @@ def _opencv_scan(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], i
     return kept, count
 
 
+def missing_frames_tolerated(declared: int) -> int:
+    """Frames a container may over-declare: containers without an index estimate the count from duration × fps,
+    which can be off by a frame or two; a damaged stream loses far more."""
+    return max(2, declared // 20)
+
+
 def _decode_with_opencv(path: Path, num_frames: int) -> DecodedVideo:
     import cv2
 
@@ -216,6 +227,12 @@ def _decode_with_opencv(path: Path, num_frames: int) -> DecodedVideo:
     kept, total = _opencv_scan(path, set(indices))
     if total < 1:
         raise VideoDecodeError(path, "no frame could be decoded")
+    if reported - total > missing_frames_tolerated(reported):
+        raise VideoDecodeError(
+            path,
+            f"only {total} of the {reported} frames its container declares decode (damaged or truncated file); "
+            "re-export or remove it",
+        )
     if total != reported:
         indices = sample_frame_indices(total, fps, num_frames)
         kept, total = _opencv_scan(path, set(indices))

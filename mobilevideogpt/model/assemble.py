@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
@@ -42,6 +44,38 @@ def _hub_hint(source: ModelSource, err: BaseException) -> str:
     )
 
 
+def damaged_safetensors_error(path: str | os.PathLike, err: BaseException) -> ModelLoadError:
+    return ModelLoadError(
+        f"{path} is damaged ({first_line(err)}): the file was cut short or corrupted; copy it again, or use another "
+        "checkpoint"
+    )
+
+
+def safetensors_keys(path: str | os.PathLike) -> list[str]:
+    """The tensor names of a safetensors file (reads only its header); a damaged file is a `ModelLoadError` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise damaged_safetensors_error(path, err) from err
+
+
+def _first_damaged_safetensors(folder: str) -> str | None:
+    """A damaged `*.safetensors` file in a local model folder, if there is one."""
+    from safetensors import SafetensorError
+
+    root = Path(folder).expanduser()
+    for path in sorted(root.glob("*.safetensors")) if root.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(path)
+    return None
+
+
 def load_model_config(source: ModelSource):
     """The config the loaded model will have: the training checkpoint's `config.json` (training may change
     token-pipeline fields such as k / topk) when it has one, else the base model's."""
@@ -68,6 +102,8 @@ def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str 
     """The base model in fp32 on the CPU, configured by `load_model_config`."""
     from transformers import AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     config = load_model_config(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -75,6 +111,8 @@ def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str 
         )
     except CheckpointLoadError as err:
         raise ModelLoadError(one_line(err)) from err
+    except SafetensorError as err:
+        raise damaged_safetensors_error(_first_damaged_safetensors(source.base) or source.base, err) from err
     except (OSError, ValueError) as err:
         raise ModelLoadError(_hub_hint(source, err)) from err
     model.config.use_cache = True
@@ -89,6 +127,7 @@ def apply_non_lora_weights(model: torch.nn.Module, path: str | os.PathLike) -> l
     """
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
+    safetensors_keys(path)  # a damaged file: an error naming it
     with safe_open(str(path), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     if not tensors:
@@ -117,6 +156,7 @@ def apply_lora_adapter(model: torch.nn.Module, checkpoint: os.PathLike, merge: b
     """
     from peft import PeftModel
 
+    saved = set(safetensors_keys(os.path.join(checkpoint, ADAPTER_WEIGHTS)))
     try:
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers property that transformers 5 deprecates; nothing to act on.
@@ -125,14 +165,20 @@ def apply_lora_adapter(model: torch.nn.Module, checkpoint: os.PathLike, merge: b
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
             peft_model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as err:
+        mismatches = re.findall(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, the shape "
+                                r"in current model is (.+?)\.(?:\n|$)", str(err))
+        problem = (
+            f"{len(mismatches)} tensor(s) of the wrong shape: "
+            + "; ".join(f"{key.replace(f'.{PEFT_ADAPTER_NAME}.', '.')} is {saved_shape} in the file, {model_shape} "
+                        "in the model" for key, saved_shape, model_shape in mismatches[:3])
+            if mismatches else first_line(err)
+        )
         raise ModelLoadError(
-            f"the LoRA adapter in {checkpoint} does not fit the base model ({first_line(err)}); "
+            f"the LoRA adapter {os.path.join(checkpoint, ADAPTER_WEIGHTS)} does not fit the base model ({problem}); "
             "is --model_base the base it was trained from?"
         ) from err
     marker = f".{PEFT_ADAPTER_NAME}."
     lora_params = {n.replace(marker, "."): p for n, p in peft_model.named_parameters() if "lora_" in n}
-    with safe_open(os.path.join(checkpoint, ADAPTER_WEIGHTS), framework="pt") as f:
-        saved = set(f.keys())
     missing, unused = sorted(set(lora_params) - saved), sorted(saved - set(lora_params))
     if missing or unused:
         raise ModelLoadError(

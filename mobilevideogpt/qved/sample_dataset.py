@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import QVED_EXERCISES
+from ..checkpoints import file_sha256
+from . import QVED_EXERCISES, SPLIT_FILES
 from .convert import convert, write_json
-from .paths import dataset_relpath
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ FRAME_RATES = (10, 12, 15, 24, 25, 30)
 GUIDE_EXAMPLE_NAMES = {"tricep_stretch": "00002012", "squats": "00093026"}
 # Files that do not count as "existing data" when deciding whether the output folder may be written.
 _IGNORABLE = {".gitkeep", ".DS_Store"}
+# What a run wrote ({relative path: SHA-256}): the only files a later run may replace.
+WRITTEN_RECORD = ".sample_dataset_files.json"
 
 # Per exercise: the name used in the labels, and (short label, descriptive feedback) for each of the 5 videos.
 FEEDBACK: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
@@ -231,21 +233,19 @@ def is_writable_output(out: Path) -> bool:
     return all(entry.name in _IGNORABLE for entry in out.iterdir())
 
 
-def _remove_previous_sample(out: Path) -> None:
-    """Delete the videos an earlier synthetic run listed, so a new seed leaves no stale files behind."""
-    manifest_path = out / "manifest.json"
-    if not (out / README_NAME).is_file() or not manifest_path.is_file():
-        return
+def _files_written_before(out: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of the files an earlier run wrote into `out` ({} when there is no record)."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        record = json.loads((out / WRITTEN_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
-    if not isinstance(manifest, dict):
-        return
-    for key in manifest:
-        relpath = dataset_relpath(key, out) if isinstance(key, str) else None
-        if relpath is not None and relpath.endswith(".mp4") and (out / relpath).is_file():
-            (out / relpath).unlink()
+        return {}
+    return {k: v for k, v in record.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(record, dict) else {}
+
+
+def _still_ours(out: Path, relpath: str, written: dict[str, str]) -> bool:
+    """`relpath` is a file an earlier run wrote and nobody has changed since."""
+    path = out / relpath
+    return relpath in written and path.is_file() and not path.is_symlink() and file_sha256(path) == written[relpath]
 
 
 def make_sample_dataset(
@@ -258,18 +258,36 @@ def make_sample_dataset(
 ) -> list[SampleVideoSpec]:
     """Write the synthetic dataset into `out`; refuses a folder holding other data unless `force`.
 
+    No file that this function did not write (or that changed since it wrote it) is ever replaced: those in the
+    way are listed in the error and nothing is written. The files it writes are recorded with their hashes in
+    `WRITTEN_RECORD`, so a later run may replace exactly those.
+
     Raises:
-        FileExistsError: `out` holds data that is not an earlier synthetic sample and `force` is False.
+        FileExistsError: `out` holds data that is not an earlier synthetic sample and `force` is False, or a file
+            the sample would write exists and was not written by an earlier run.
     """
     out = Path(out)
     if not force and not is_writable_output(out):
         raise FileExistsError(
             f"{out} already holds data that is not a synthetic sample dataset; refusing to overwrite it "
-            f"(choose another --out, or pass --force to write the sample files into it anyway)"
+            f"(choose another --out, or pass --force to add the sample files beside it: no existing file is replaced)"
+        )
+    specs = plan_videos(seed, videos_per_exercise)
+    written_before = _files_written_before(out)
+    targets = [spec.relpath for spec in specs] + [README_NAME, "ground_truth.json", "manifest.json", SPLIT_FILES["train"]]
+    in_the_way = [t for t in targets if (out / t).exists() or (out / t).is_symlink()]
+    foreign = [t for t in in_the_way if not _still_ours(out, t, written_before)]
+    if foreign:
+        listed = ", ".join(str(out / t) for t in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"{listed} exist and were not written by sample-data (or changed since); nothing was written: choose "
+            "another --out, or move those files away"
         )
     out.mkdir(parents=True, exist_ok=True)
-    _remove_previous_sample(out)
-    specs = plan_videos(seed, videos_per_exercise)
+    # Videos of an earlier sample with another seed would otherwise stay behind, unlisted.
+    for relpath in written_before:
+        if relpath.endswith(".mp4") and relpath not in targets and _still_ours(out, relpath, written_before):
+            (out / relpath).unlink()
     records, manifest = [], {}
     for spec_index, spec in enumerate(specs):
         class_index = QVED_EXERCISES.index(spec.exercise_class)
@@ -283,4 +301,5 @@ def make_sample_dataset(
     short = sum(spec.num_frames < 16 for spec in specs)
     log(f"wrote {len(specs)} synthetic videos ({short} shorter than 16 frames) to {out}")
     convert(out, log=log, generic_prompt_ratio=generic_prompt_ratio)
+    write_json(out / WRITTEN_RECORD, {t: file_sha256(out / t) for t in targets})
     return specs

@@ -189,6 +189,9 @@ def check_ground_truth(
     if not isinstance(ground_truth, list):
         report.add(FAIL, f"{path.name} must be a JSON list of label records, got a JSON {type(ground_truth).__name__}")
         return
+    if not ground_truth:
+        report.add(FAIL, f"{path.name} holds no label records ([]): put QVED's ground_truth.json there ({path})")
+        return
     _, problems = collect_samples(ground_truth, classes, dataset_dir, path)
     if problems:
         report.add_many(

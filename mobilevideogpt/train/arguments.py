@@ -53,3 +53,7 @@ class TrainingArguments(transformers.TrainingArguments):
     resume: bool = field(
         default=False, metadata={"help": "Continue from the latest complete checkpoint-N in output_dir."}
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace the run output_dir holds (its checkpoints, logs, run.json; other files stay)."},
+    )
