@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
 from ..errors import ModelLoadError, first_line, one_line
-from ..runtime import resolve_device, resolve_dtype
+from ..runtime import InferencePlan, plan_inference
 from .loading import CheckpointLoadError
 from .state_dicts import diff_state_dicts, preview
 
@@ -170,13 +170,48 @@ def assemble_model(
     return model.eval()
 
 
+def vision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The towers and projectors of a Mobile-VideoGPT (empty for a model without vision modules)."""
+    inner = model.model
+    names = ("vision_tower", "image_vision_tower", "mm_projector", "image_mm_projector")
+    return [getattr(inner, name) for name in names if hasattr(inner, name)]
+
+
+def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:
+    """Move an assembled fp32 model to `plan`'s device and dtypes, in place (eval mode); returns it.
+
+    The vision modules go to `plan.encoder_dtype`, the LLM to `plan.llm_dtype`; with `plan.llm_weights` the LLM's
+    linear and embedding weights are then packed (`lowp.pack_language_model`), one layer at a time. On the CPU the
+    decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time).
+    """
+    from .decoding import use_packed_attention
+    from .lowp import pack_language_model
+
+    model.to(device=plan.device, dtype=plan.llm_dtype)
+    for module in vision_modules(model):
+        module.to(dtype=plan.encoder_dtype)
+    if plan.llm_weights is not None:
+        pack_language_model(model, plan.llm_weights, plan.prefill_dtype)
+    if plan.device.type == "cpu":
+        use_packed_attention(model)
+    return model.eval()
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     source: ModelSource
-    device: torch.device
-    dtype: torch.dtype
+    plan: InferencePlan
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The language model's hidden-state dtype."""
+        return self.plan.llm_dtype
 
 
 def load_for_inference(
@@ -186,11 +221,12 @@ def load_for_inference(
     dtype: str | torch.dtype = "auto",
     clip_path: str | None = None,
     videomamba_path: str | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path`); raises `ModelLoadError`."""
+    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path` and `runtime.plan_inference`);
+    raises `ModelLoadError`."""
     source = resolve_model_path(model_path, model_base)
-    target_device = resolve_device(device)
-    target_dtype = resolve_dtype(dtype, target_device)
+    plan = plan_inference(device, dtype, quantize)
     if source.note:
         logger.info(source.note)
     tokenizer = load_tokenizer(source)
@@ -201,8 +237,8 @@ def load_for_inference(
             f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}; "
             "tokenizer and weights come from different models"
         )
-    model.to(device=target_device, dtype=target_dtype)
-    return LoadedModel(model, tokenizer, source, target_device, target_dtype)
+    place_for_inference(model, plan)
+    return LoadedModel(model, tokenizer, source, plan)
 
 
 def load_model_and_tokenizer(
@@ -212,7 +248,9 @@ def load_model_and_tokenizer(
     dtype: str | torch.dtype = "auto",
     clip_path: str | None = None,
     videomamba_path: str | None = None,
+    quantize: str | None = None,
 ):
-    """(model, tokenizer) ready for `model.generate`: eval mode, on `device` in `dtype`, LoRA merged."""
-    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path)
+    """(model, tokenizer) ready for `model.generate`: eval mode, placed as `runtime.plan_inference(device, dtype,
+    quantize)` says, LoRA merged. dtype "fp32" keeps every weight an fp32 parameter (e.g. to inspect or train)."""
+    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize)
     return loaded.model, loaded.tokenizer
