@@ -178,20 +178,29 @@ def vision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:
-    """Move an assembled fp32 model to `plan`'s device and dtypes, in place (eval mode); returns it.
+    """Move an assembled model to `plan`'s device and dtypes, in place (eval mode); returns it.
 
-    The vision modules go to `plan.encoder_dtype`, the LLM to `plan.llm_dtype`; with `plan.llm_weights` the LLM's
-    linear and embedding weights are then packed (`lowp.pack_language_model`), one layer at a time. On the CPU the
+    The vision modules go to `plan.encoder_dtype`, the LLM to `plan.llm_dtype`. With `plan.llm_weights` the LLM's
+    linear and embedding weights are packed (`lowp.pack_language_model`) straight from the dtype they have, one
+    layer at a time, so a model built or loaded in bf16 is packed to bf16 without any copy and peak memory stays
+    near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. On the CPU the
     decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time).
     """
     from .decoding import use_packed_attention
     from .lowp import pack_language_model
 
-    model.to(device=plan.device, dtype=plan.llm_dtype)
-    for module in vision_modules(model):
-        module.to(dtype=plan.encoder_dtype)
-    if plan.llm_weights is not None:
+    vision = vision_modules(model)
+    if plan.llm_weights is None:
+        model.to(device=plan.device, dtype=plan.llm_dtype)
+    else:
+        model.to(device=plan.device)
         pack_language_model(model, plan.llm_weights, plan.prefill_dtype)
+        in_vision = {id(p) for module in vision for p in module.parameters()}
+        for parameter in model.parameters():
+            if id(parameter) not in in_vision and parameter.is_floating_point():
+                parameter.data = parameter.data.to(plan.llm_dtype)
+    for module in vision:
+        module.to(dtype=plan.encoder_dtype)
     if plan.device.type == "cpu":
         use_packed_attention(model)
     return model.eval()

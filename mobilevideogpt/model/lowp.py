@@ -3,7 +3,8 @@
 `pack_language_model` replaces every linear layer of the LLM (attention and MLP projections, the LM head) and the
 token embedding with modules that store the weight in low precision and widen it when it is used:
 
-- bf16: exact for checkpoints published in bf16 (Qwen2.5 and Mobile-VideoGPT are), half the memory of fp32.
+- bf16: exact for checkpoints published in bf16 (Qwen2.5 and Mobile-VideoGPT are), half the memory of fp32; a
+  weight that already is bf16 is kept as it is (no copy).
 - int8: symmetric per-output-row quantization (scale = max |row| / 127), a quarter of the memory of fp32; weight
   error ≤ scale / 2 per element. Opt-in (`--quantize int8`): it changes the model's numbers.
 
@@ -34,11 +35,19 @@ WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "int8")
 KERNEL_ROWS = 2 * linear_cpu.MAX_ROWS
 
 
+QUANTIZE_ROWS_PER_STEP = 4096  # bounds the fp32 temporaries of quantizing a large matrix (the embedding: ~15 MB)
+
+
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float → int8 (N, K) and fp32 scale (N,), symmetric per row: weight ≈ q · scale[:, None]."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
-    q = torch.round(w / torch.where(scale > 0, scale, 1.0)[:, None]).clamp_(-127, 127).to(torch.int8)
+    weight = weight.detach()
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], QUANTIZE_ROWS_PER_STEP):
+        rows = weight[start : start + QUANTIZE_ROWS_PER_STEP].float()
+        step = rows.abs().amax(dim=1) / 127.0
+        q[start : start + rows.shape[0]] = torch.round(rows / torch.where(step > 0, step, 1.0)[:, None]).clamp_(-127, 127)
+        scale[start : start + rows.shape[0]] = step
     return q, scale
 
 
