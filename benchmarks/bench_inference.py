@@ -84,20 +84,33 @@ def prompt_length(config, tokenizer) -> int:
     return len(ids) - 1 + config.visual_tokens_per_video
 
 
-class TokenClock:
-    """A `generate` streamer that records when each new token arrives (the prompt's call is skipped)."""
+class StepClock:
+    """Wall and CPU time at the end of every generation step (the LM head's forward: prefill first, then one per
+    token), measured the same way for every path. CPU time is this process's (all threads): with other processes
+    on the machine it shows how much of the CPU a path got, and CPU-time ratios are a second view of speed."""
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._prompt_seen = False
+    def __init__(self, lm_head) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        lm_head.register_forward_hook(lambda *_: self.mark())
 
-    def put(self, value) -> None:
-        if self._prompt_seen:
-            self.times.append(time.perf_counter())
-        self._prompt_seen = True
+    def mark(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
-    def end(self) -> None:
-        pass
+    def start(self) -> None:
+        self.wall, self.cpu = [], []
+        self.mark()
+
+    def rates(self) -> dict:
+        """From start(): prefill (→ first step) and steady decode (first → last step), wall and CPU."""
+        steps = len(self.wall) - 2  # decode steps after the prefill's
+        return {
+            "prefill_s": self.wall[1] - self.wall[0],
+            "prefill_cpu_s": self.cpu[1] - self.cpu[0],
+            "decode_tok_s": steps / (self.wall[-1] - self.wall[1]),
+            "decode_cpu_s_per_token": (self.cpu[-1] - self.cpu[1]) / steps,
+        }
 
 
 def run_bare(args, config, tokenizer) -> dict:
@@ -111,20 +124,18 @@ def run_bare(args, config, tokenizer) -> dict:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 150000, (1, length), generator=generator)
     settings = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    clock = StepClock(model.lm_head)
     with torch.inference_mode():
         model.generate(ids[:, :64], max_new_tokens=2, min_new_tokens=2, **settings)  # warm-up
-        clock = TokenClock()
-        start, cpu = time.perf_counter(), time.process_time()
-        model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, streamer=clock, **settings)
-        cpu = time.process_time() - cpu
-    first, last = clock.times[0], clock.times[-1]
+        clock.start()
+        out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **settings)
+    rates = clock.rates()
     return {
-        "cpu_share": cpu / (last - start),
+        **rates,
+        "cpu_share": (clock.cpu[-1] - clock.cpu[0]) / (clock.wall[-1] - clock.wall[0]),
         "prompt_tokens": length,
-        "prefill_s": first - start,
-        "ttft_s": first - start,
-        "decode_tok_s": (len(clock.times) - 1) / (last - first),
-        "new_tokens": len(clock.times),
+        "ttft_s": rates["prefill_s"],
+        "new_tokens": out.shape[1] - length,
     }
 
 
@@ -174,13 +185,15 @@ def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str 
         }
     )
     tokens = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    clock = StepClock(model.lm_head)
     chat.answer(video, PROMPT, max_new_tokens=2, min_new_tokens=2)  # warm-up
     chat.forget_video()
     stages.reset()
-    cpu = time.process_time()
+    clock.start()
     new = chat.answer(video, PROMPT, **tokens).timings
-    cpu_new = time.process_time() - cpu
     encoder_stages = dict(stages.seconds)
+    cpu_share = (clock.cpu[-1] - clock.cpu[0]) / (clock.wall[-1] - clock.wall[0])
+    llm = clock.rates()  # its decode numbers; the prefill is `new.prefill_s` (start() was before the encoders)
     follow = chat.answer(video, FOLLOW_UP, **tokens).timings
     if follow.cached_tokens == 0:
         raise RuntimeError("the follow-up question did not use the video's cached prefix")
@@ -193,12 +206,13 @@ def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str 
         "encoder_stages_s": encoder_stages,
         "prefill_s": new.prefill_s,
         "ttft_s": new.time_to_first_token_s,
-        "decode_tok_s": new.decode_tokens_per_s,
+        "decode_tok_s": llm["decode_tok_s"],
+        "decode_cpu_s_per_token": llm["decode_cpu_s_per_token"],
         "new_tokens": new.new_tokens,
         "follow_up_ttft_s": follow.time_to_first_token_s,
         "follow_up_decode_tok_s": follow.decode_tokens_per_s,
         "follow_up_cached_tokens": follow.cached_tokens,
-        "cpu_share": cpu_new / new.total_s,
+        "cpu_share": cpu_share,
     }
 
 
@@ -251,11 +265,12 @@ def print_table(rows: dict[str, list[dict]]) -> None:
     bare = rows.get("bare")
     bare_prefill = statistics.median(r["prefill_s"] for r in bare) if bare else None
     bare_decode = statistics.median(r["decode_tok_s"] for r in bare) if bare else None
+    bare_cpu = statistics.median(r["decode_cpu_s_per_token"] for r in bare) if bare else None
     print(
-        "| path | video decode | encoders | prefill | time to first token | decode | follow-up TTFT | peak RSS "
-        "| TTFT / bare prefill | decode / bare decode | follow-up / bare prefill |"
+        "| path | video decode | encoders | prefill | time to first token | decode | decode CPU time | follow-up TTFT "
+        "| peak RSS | TTFT / bare prefill | decode / bare decode (CPU-time view) | follow-up / bare prefill |"
     )
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     for path, runs in rows.items():
         cells = [
             summarise([r.get("video_decode_s") for r in runs], "{:.2f} s"),
@@ -263,13 +278,17 @@ def print_table(rows: dict[str, list[dict]]) -> None:
             summarise([r["prefill_s"] for r in runs], "{:.1f} s"),
             summarise([r["ttft_s"] for r in runs], "{:.1f} s"),
             summarise([r["decode_tok_s"] for r in runs], "{:.2f} tok/s"),
+            summarise([r["decode_cpu_s_per_token"] * 1e3 for r in runs], "{:.0f} ms/token"),
             summarise([r.get("follow_up_ttft_s") for r in runs], "{:.2f} s"),
             summarise([r["peak_rss_gib"] for r in runs], "{:.2f} GiB"),
         ]
         if bare_prefill:
             cells += [
                 summarise([r["ttft_s"] / bare_prefill for r in runs], "{:.2f}×"),
-                summarise([r["decode_tok_s"] / bare_decode for r in runs], "{:.2f}×"),
+                summarise([r["decode_tok_s"] / bare_decode for r in runs], "{:.2f}×")
+                + " ("
+                + summarise([bare_cpu / r["decode_cpu_s_per_token"] for r in runs], "{:.2f}×")
+                + ")",
                 summarise([r.get("follow_up_ttft_s") and r["follow_up_ttft_s"] / bare_prefill for r in runs], "{:.3f}×"),
             ]
         else:
