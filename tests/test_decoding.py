@@ -51,8 +51,8 @@ def test_generation_equals_the_stock_path():
     ours = fast.generate(ids, cache=cache, **settings)
     assert torch.equal(stock, ours)
 
-    # Cut back to the prompt and continue from it: the same as generating from the prompt afresh.
-    cache.crop(ids.shape[1] - cache.get_seq_length())
+    # Cut back to a prefix of the prompt and continue from there: the same as generating from the prompt afresh.
+    cache.crop(ids.shape[1] - 10 - cache.get_seq_length())
     again = fast.generate(ids, cache=cache, **settings)
     assert torch.equal(again, stock)
 
