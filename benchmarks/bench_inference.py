@@ -246,7 +246,8 @@ def spawn(args, path: str, video: Path) -> dict:
                "--new-tokens", str(args.new_tokens)] + (["--full-size"] if args.full_size else [])  # fmt: skip
     env = dict(os.environ)
     if args.omp_wait_policy:
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+        # An empty value is kept by the project (the user "set" it) and ignored by libgomp: its own default.
+        env["OMP_WAIT_POLICY"] = "" if args.omp_wait_policy == "unset" else args.omp_wait_policy
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"path {path} failed:\n{done.stderr[-3000:]}")
@@ -316,7 +317,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes running alongside (default 0)")
-    parser.add_argument("--omp-wait-policy", help="OMP_WAIT_POLICY for the measured processes (default: the project's)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        help="OMP_WAIT_POLICY for the measured processes: PASSIVE, ACTIVE, or 'unset' for libgomp's own default "
+        "(spin a while, then sleep); default: what the project sets (PASSIVE unless the environment says otherwise)",
+    )
     parser.add_argument("--video", type=Path, help="video to use (default: a synthetic 10 s clip)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
