@@ -3,10 +3,11 @@
 A decode step multiplies one activation row by every weight of the language model, so it runs at the speed weights
 stream from memory. The kernel (``csrc/linear_cpu.cpp``, built and verified by ``native``) reads bf16 weights, or int8
 weights with one fp32 scale per output row, and computes in fp32 with fp32 activations: half (bf16) or a quarter
-(int8) of the bytes of an fp32 weight, with fp32 arithmetic. Measured on 2 cores of an AVX2 server, whole-model
-weight traffic of one decode step (1 thread): torch fp32 matrix-vector ~240 ms, torch bf16 ~200 ms (its bf16 path
-does not keep up with memory), this kernel ~35 ms per 136 M bf16 weights vs ~65 ms fp32 (2x), int8 ~4x. torchao's
-int8 weight-only linear was measured too: 2.2x slower than fp32 in eager mode and 4.3x slower compiled on this CPU.
+(int8) of the bytes of an fp32 weight, with fp32 arithmetic. Measured on 2 shared cores of an AVX2 EPYC, one decode
+step's worth of Qwen2.5-0.5B weights (24 layers + LM head, one row): torch fp32 300-400 ms, this kernel 190-210 ms
+(bf16) and 100-140 ms (int8); torch's own bf16 matrix-vector path was slower than fp32 (it converts in a way that
+does not keep up with memory), and torchao's int8 weight-only linear was 2.2x slower than fp32 in eager mode and
+4.3x slower compiled (after a 70 s compile) on this CPU.
 
 ``linear_lowp`` takes at most ``MAX_ROWS`` activation rows; longer inputs (a prefill) are multiplied by the widened
 weight with torch's matrix multiply instead (``model/lowp.py`` decides). ``load_kernel()`` returns ``None`` when the

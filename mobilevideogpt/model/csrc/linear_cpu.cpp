@@ -2,9 +2,9 @@
 // mobilevideogpt/model/linear_cpu.py through ctypes. Plain C++17 with no torch headers (see scan_cpu.cpp).
 //
 // Why: a decode step multiplies one activation row by every weight of the language model, so its speed is set by
-// how many bytes of weights stream through memory. torch reads bf16 weights as fast as fp32 ones here (its bf16
-// matrix-vector path converts in a way that does not keep up with memory), so the kernel below reads bf16 (2 bytes)
-// or int8 (1 byte + one fp32 scale per output row) weights and does all arithmetic in fp32 with fp32 activations.
+// how many bytes of weights stream through memory. torch's bf16 matrix-vector path was measured slower than fp32 on
+// an AVX2 CPU (its conversions do not keep up with memory), so the kernel below reads bf16 (2 bytes) or int8 (1 byte
+// + one fp32 scale per output row) weights and does all arithmetic in fp32 with fp32 activations.
 // Weight rows are walked one after the other (a single forward stream the hardware prefetcher follows; measured
 // ~2x faster than interleaving 4 rows), and all x rows (up to kMaxRows) are multiplied with each weight row while
 // it is in cache.
