@@ -1,124 +1,355 @@
-"""Inference speed: time to first token for a 16-frame video and greedy decode tokens/s (random weights).
+"""Inference speed: a new video's time to first token, decode tokens/s and a follow-up question (random weights).
 
-    python benchmarks/bench_inference.py                 # tiny model (published token geometry), ~20 s on CPU
-    python benchmarks/bench_inference.py --full-size     # + the published architecture (Qwen2.5-0.5B, CLIP
-                                                         #   ViT-B/16, VideoMamba-M); minutes on CPU, meant for a GPU
+    python benchmarks/bench_inference.py                  # tiny model (published token geometry), ~1 min on CPU
+    python benchmarks/bench_inference.py --full-size      # the published architecture (Qwen2.5-0.5B, CLIP ViT-B/16,
+                                                          # VideoMamba-M) next to a bare transformers Qwen2 at fp32
+    python benchmarks/bench_inference.py --full-size --paths bare,auto,int8,fp32 --repeats 2 --busy 1
 
-Both models see the published pipeline: 16 frames → 2402 visual tokens spliced into the chat prompt. Each
-run is one `VideoChat.answer` (the code path of `inference.py`): decode the video, encode it (CLIP, frame
-selection, VideoMamba, projectors), prefill, then exactly --new-tokens greedy tokens (end-of-turn is held back,
-so every run decodes the same length). Medians over --runs after one warm-up run.
+Each path runs in its own process (so its peak RSS is its own), in the order given, `--repeats` times interleaved
+(bare, auto, bare, auto, ...), and the table shows the median of the repeats (min-max when there are several):
 
-Reference: the Mobile-VideoGPT paper reports 45.9 tokens/s (0.5B) on an RTX A6000; the goal for an H100
-is at least twice that.
+- bare: transformers' Qwen2ForCausalLM of the same size at fp32 (its defaults: SDPA attention, DynamicCache), greedy
+  `generate` from a prompt of the same length as the project's (visual tokens + text): prefill = time to first token.
+- auto / int8 / fp32 / bf16: `VideoChat.answer` (the code path of `inference.py`) with the model placed by
+  `runtime.plan_inference(dtype=..., quantize=...)`: decode the video, both encoders (CLIP, frame selection,
+  VideoMamba, projectors), prefill, then the same number of greedy tokens; then a follow-up question about the same
+  video (its prompt prefix cached). "fp32" is the project's plain fp32 path (`--dtype fp32`).
+
+Every generation decodes exactly --new-tokens tokens (end-of-turn held back). One warm-up run (a short prompt, two
+tokens) precedes the timed one in each process. `--busy N` runs N CPU-bound processes (busy loops) alongside every
+measurement, the "one other CPU job" case. The machine's load average is printed with the table: on a shared
+machine read the ratios (measured in the same run), not the seconds.
+
+Reference: the Mobile-VideoGPT paper reports 45.9 tokens/s (0.5B) on an RTX A6000 and 7.3 tokens/s on a Jetson
+Orin Nano.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
-import torch
+import mobilevideogpt  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 
-from mobilevideogpt.chat import VideoChat
-from mobilevideogpt.qved.sample_dataset import SampleVideoSpec, render_frames, write_video
-from mobilevideogpt.runtime import resolve_device, resolve_dtype
-
-PAPER_TOKENS_PER_S = 45.9
+PAPER_TOKENS_PER_S = {"RTX A6000": 45.9, "Jetson Orin Nano": 7.3}
 PROMPT = "Analyze this exercise video and provide corrective feedback."
+FOLLOW_UP = "Which body part should the person keep straighter?"
+PROJECT_PATHS = {  # name → (dtype, quantize)
+    "auto": ("auto", None),
+    "int8": ("auto", "int8"),
+    "fp32": ("fp32", None),
+    "bf16": ("bf16", None),
+}
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def synthetic_video(folder: Path) -> Path:
     """A 10 s, 30 fps, 320×240 clip of moving shapes (the 1-fps grid then gives 10 → 16 sampled frames)."""
+    from mobilevideogpt.qved.sample_dataset import SampleVideoSpec, render_frames, write_video
+
     spec = SampleVideoSpec("squats", "bench", num_frames=300, fps=30, width=320, height=240, arm="right")
     path = folder / "bench.mp4"
     write_video(path, render_frames(spec, class_index=4), spec.fps)
     return path
 
 
-def build_model(full_size: bool):
+def model_config(full_size: bool):
     from mobilevideogpt.model.configuration import MobileVideoGPTQwenConfig
-    from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
-    from mobilevideogpt.model.tiny import build_tiny_model
+    from mobilevideogpt.model.tiny import tiny_config
+
+    return MobileVideoGPTQwenConfig.published() if full_size else tiny_config()
+
+
+def prompt_length(config, tokenizer) -> int:
+    """Positions of the project's prompt once the video's visual tokens are spliced in."""
+    from mobilevideogpt.processing import VideoTextProcessor
+
+    ids = VideoTextProcessor.from_model_config(tokenizer, config).prompt_ids(PROMPT)
+    return len(ids) - 1 + config.visual_tokens_per_video
+
+
+class StepClock:
+    """Wall and CPU time at the end of every generation step (the LM head's forward: prefill first, then one per
+    token), measured the same way for every path. CPU time is this process's (all threads): with other processes
+    on the machine it shows how much of the CPU a path got, and CPU-time ratios are a second view of speed."""
+
+    def __init__(self, lm_head) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        lm_head.register_forward_hook(lambda *_: self.mark())
+
+    def mark(self) -> None:
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def start(self) -> None:
+        self.wall, self.cpu = [], []
+        self.mark()
+
+    def rates(self) -> dict:
+        """From start(): prefill (→ first step) and steady decode (first → last step), wall and CPU."""
+        steps = len(self.wall) - 2  # decode steps after the prefill's
+        return {
+            "prefill_s": self.wall[1] - self.wall[0],
+            "prefill_cpu_s": self.cpu[1] - self.cpu[0],
+            "decode_tok_s": steps / (self.wall[-1] - self.wall[1]),
+            "decode_cpu_s_per_token": (self.cpu[-1] - self.cpu[1]) / steps,
+        }
+
+
+def run_bare(args, config, tokenizer) -> dict:
+    """transformers' own Qwen2 at fp32, greedy from a prompt as long as the project's."""
+    import torch
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    if not full_size:
-        return build_tiny_model(seed=0)
-    return MobileVideoGPTQwenForCausalLM(MobileVideoGPTQwenConfig.published()).eval()
-
-
-def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> dict:
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    model = build_model(full_size).to(device=device, dtype=dtype)
-    chat = VideoChat(model, tokenizer)
-    params = sum(p.numel() for p in model.parameters())
-    runs = []
-    for i in range(args.runs + 1):
-        result = chat.answer(video, PROMPT, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-        if i:  # the first run warms up kernels and caches
-            runs.append(result.timings)
-    median = statistics.median
-    row = {
-        "model": name,
-        "params": params,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "frames": chat.num_frames,
-        "visual_tokens": model.config.visual_tokens_per_video,
-        "decode_video_s": median([t.video_decode_s for t in runs]),
-        "encoders_s": median([t.encode_s for t in runs]),
-        "prefill_s": median([t.prefill_s for t in runs]),
-        "ttft_s": median([t.time_to_first_token_s for t in runs]),
-        "decode_tok_s": median([t.decode_tokens_per_s for t in runs]),
-        "new_tokens": runs[0].new_tokens,
+    model = Qwen2ForCausalLM(config).eval()  # the LLM part of the config: a plain Qwen2 of the same size
+    length = prompt_length(config, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 150000, (1, length), generator=generator)
+    settings = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    clock = StepClock(model.lm_head)
+    with torch.inference_mode():
+        model.generate(ids[:, :64], max_new_tokens=2, min_new_tokens=2, **settings)  # warm-up
+        clock.start()
+        out = model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **settings)
+    rates = clock.rates()
+    return {
+        **rates,
+        "cpu_share": (clock.cpu[-1] - clock.cpu[0]) / (clock.wall[-1] - clock.wall[0]),
+        "prompt_tokens": length,
+        "ttft_s": rates["prefill_s"],
+        "new_tokens": out.shape[1] - length,
     }
-    del chat, model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
 
 
-def print_table(rows: list[dict]) -> None:
-    header = (
-        "| model | params | device | dtype | frames → visual tokens | video decode | encoders | prefill "
-        "| time to first token | greedy decode |"
+class StageClock:
+    """Wall time spent in the named modules' forward passes (CLIP, VideoMamba, projectors)."""
+
+    def __init__(self, modules: dict) -> None:
+        self.seconds = dict.fromkeys(modules, 0.0)
+        self._started: dict[str, float] = {}
+        for name, module in modules.items():
+            module.register_forward_pre_hook(lambda m, a, n=name: self._started.__setitem__(n, time.perf_counter()))
+            module.register_forward_hook(lambda m, a, o, n=name: self._add(n))
+
+    def _add(self, name: str) -> None:
+        self.seconds[name] += time.perf_counter() - self._started[name]
+
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+
+
+def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str | None) -> dict:
+    import torch
+
+    from mobilevideogpt import VideoChat
+    from mobilevideogpt.model.assemble import place_for_inference
+    from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
+    from mobilevideogpt.runtime import cpu_features, plan_inference
+
+    plan = plan_inference(args.device, dtype, quantize)
+    torch.manual_seed(0)
+    # Built the way the published checkpoint stores its weights (bf16) when the plan keeps LLM weights packed, so
+    # the process never holds a full fp32 copy (as loading that checkpoint does not need to); fp32 otherwise.
+    torch.set_default_dtype(torch.bfloat16 if plan.llm_weights else torch.float32)
+    try:
+        model = MobileVideoGPTQwenForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model = place_for_inference(model, plan)
+    chat = VideoChat(model, tokenizer, plan=plan)
+    inner = model.model
+    stages = StageClock(
+        {
+            "clip": inner.image_vision_tower,
+            "videomamba": inner.vision_tower,
+            "video_projector": inner.mm_projector,
+            "image_projector": inner.image_mm_projector,
+        }
     )
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['device']} | {r['dtype']} | {r['frames']} → "
-            f"{r['visual_tokens']} | {r['decode_video_s']:.3f} s | {r['encoders_s']:.3f} s | {r['prefill_s']:.3f} s "
-            f"| {r['ttft_s']:.3f} s | {r['decode_tok_s']:.1f} tok/s ({r['new_tokens']} tokens) |"
-        )
+    tokens = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    clock = StepClock(model.lm_head)
+    chat.answer(video, PROMPT, max_new_tokens=2, min_new_tokens=2)  # warm-up
+    chat.forget_video()
+    stages.reset()
+    clock.start()
+    new = chat.answer(video, PROMPT, **tokens).timings
+    encoder_stages = dict(stages.seconds)
+    cpu_share = (clock.cpu[-1] - clock.cpu[0]) / (clock.wall[-1] - clock.wall[0])
+    llm = clock.rates()  # its decode numbers; the prefill is `new.prefill_s` (start() was before the encoders)
+    follow = chat.answer(video, FOLLOW_UP, **tokens).timings
+    if follow.cached_tokens == 0:
+        raise RuntimeError("the follow-up question did not use the video's cached prefix")
+    return {
+        "plan": plan.describe(),
+        "cpu": cpu_features().describe(),
+        "prompt_tokens": prompt_length(config, tokenizer),
+        "video_decode_s": new.video_decode_s,
+        "encoders_s": new.encode_s,
+        "encoder_stages_s": encoder_stages,
+        "prefill_s": new.prefill_s,
+        "ttft_s": new.time_to_first_token_s,
+        "decode_tok_s": llm["decode_tok_s"],
+        "decode_cpu_s_per_token": llm["decode_cpu_s_per_token"],
+        "new_tokens": new.new_tokens,
+        "follow_up_ttft_s": follow.time_to_first_token_s,
+        "follow_up_decode_tok_s": follow.decode_tokens_per_s,
+        "follow_up_cached_tokens": follow.cached_tokens,
+        "cpu_share": cpu_share,
+    }
+
+
+def child(args) -> None:
+    """One path in this process; prints one JSON line."""
+    import torch
+
+    from mobilevideogpt.tokenizer import build_qwen25_tokenizer
+
+    torch.set_grad_enabled(False)
+    load_before = load_average()
+    tokenizer = build_qwen25_tokenizer()
+    config = model_config(args.full_size)
+    if args.child == "bare":
+        row = run_bare(args, config, tokenizer)
+    else:
+        dtype, quantize = PROJECT_PATHS[args.child]
+        row = run_project(args, config, tokenizer, args.video, dtype, quantize)
+    row.update(path=args.child, peak_rss_gib=peak_rss_gib(), threads=torch.get_num_threads(),
+               load=f"{load_before} → {load_average()}", omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+    print(json.dumps(row), flush=True)
+
+
+def start_busy(count: int) -> list[subprocess.Popen]:
+    code = "while True:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def spawn(args, path: str, video: Path) -> dict:
+    command = [sys.executable, __file__, "--child", path, "--video", str(video), "--device", args.device,
+               "--new-tokens", str(args.new_tokens)] + (["--full-size"] if args.full_size else [])  # fmt: skip
+    env = dict(os.environ)
+    if args.omp_wait_policy:
+        # An empty value is kept by the project (the user "set" it) and ignored by libgomp: its own default.
+        env["OMP_WAIT_POLICY"] = "" if args.omp_wait_policy == "unset" else args.omp_wait_policy
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"path {path} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarise(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    text = fmt.format(statistics.median(values))
+    return text + (f" ({fmt.format(min(values))}–{fmt.format(max(values))})" if len(values) > 1 else "")
+
+
+def print_table(rows: dict[str, list[dict]]) -> None:
+    bare = rows.get("bare")
+    bare_prefill = statistics.median(r["prefill_s"] for r in bare) if bare else None
+    bare_decode = statistics.median(r["decode_tok_s"] for r in bare) if bare else None
+    bare_cpu = statistics.median(r["decode_cpu_s_per_token"] for r in bare) if bare else None
+    print(
+        "| path | video decode | encoders | prefill | time to first token | decode | decode CPU time | follow-up TTFT "
+        "| peak RSS | TTFT / bare prefill | decode / bare decode (CPU-time view) | follow-up / bare prefill |"
+    )
+    print("|---" * 12 + "|")
+    for path, runs in rows.items():
+        cells = [
+            summarise([r.get("video_decode_s") for r in runs], "{:.2f} s"),
+            summarise([r.get("encoders_s") for r in runs], "{:.1f} s"),
+            summarise([r["prefill_s"] for r in runs], "{:.1f} s"),
+            summarise([r["ttft_s"] for r in runs], "{:.1f} s"),
+            summarise([r["decode_tok_s"] for r in runs], "{:.2f} tok/s"),
+            summarise([r["decode_cpu_s_per_token"] * 1e3 for r in runs], "{:.0f} ms/token"),
+            summarise([r.get("follow_up_ttft_s") for r in runs], "{:.2f} s"),
+            summarise([r["peak_rss_gib"] for r in runs], "{:.2f} GiB"),
+        ]
+        if bare_prefill:
+            cells += [
+                summarise([r["ttft_s"] / bare_prefill for r in runs], "{:.2f}×"),
+                summarise([r["decode_tok_s"] / bare_decode for r in runs], "{:.2f}×")
+                + " ("
+                + summarise([bare_cpu / r["decode_cpu_s_per_token"] for r in runs], "{:.2f}×")
+                + ")",
+                summarise([r.get("follow_up_ttft_s") and r["follow_up_ttft_s"] / bare_prefill for r in runs], "{:.3f}×"),
+            ]
+        else:
+            cells += ["–"] * 3
+        print(f"| {path} | " + " | ".join(cells) + " |")
+    print()
+    for path, runs in rows.items():
+        first = runs[0]
+        detail = f"plan: {first['plan']}, CPU {first['cpu']}" if "plan" in first else "transformers Qwen2ForCausalLM, fp32"
+        stages = first.get("encoder_stages_s")
+        if stages:
+            detail += "; encoders: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+        loads = "; ".join(r["load"] for r in runs)
+        share = summarise([r["cpu_share"] for r in runs], "{:.2f}")
+        print(f"- {path}: {detail}; prompt {first['prompt_tokens']} tokens, {first['new_tokens']} greedy tokens, "
+              f"{first['threads']} threads, OMP_WAIT_POLICY={first['omp_wait_policy']}; CPU seconds per wall second "
+              f"{share}; load average {loads}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full-size", action="store_true", help="also benchmark the published architecture")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (default 3)")
-    parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per run (default 64)")
-    parser.add_argument("--video", type=Path, help="video to use (default: a synthetic 10 s clip)")
-    args = parser.parse_args()
-
-    from mobilevideogpt.tokenizer import build_qwen25_tokenizer
-
-    tokenizer = build_qwen25_tokenizer()
-    torch.set_grad_enabled(False)
-    with tempfile.TemporaryDirectory() as tmp:
-        video = args.video or synthetic_video(Path(tmp))
-        rows = [bench("tiny (random)", False, video, tokenizer, args)]
-        if args.full_size:
-            rows.append(bench("Mobile-VideoGPT-0.5B architecture (random)", True, video, tokenizer, args))
-    print_table(rows)
-    print(
-        f"\nPaper: {PAPER_TOKENS_PER_S} tok/s (0.5B, RTX A6000); goal on an H100: ≥ {2 * PAPER_TOKENS_PER_S:.1f} tok/s."
+    parser.add_argument("--full-size", action="store_true", help="the published architecture (default: tiny)")
+    parser.add_argument("--paths", default="bare,auto", help="comma-separated: bare, auto, int8, fp32, bf16")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every path (default 1)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes running alongside (default 0)")
+    parser.add_argument(
+        "--omp-wait-policy",
+        help="OMP_WAIT_POLICY for the measured processes: PASSIVE, ACTIVE, or 'unset' for libgomp's own default "
+        "(spin a while, then sleep); default: what the project sets (PASSIVE unless the environment says otherwise)",
     )
+    parser.add_argument("--video", type=Path, help="video to use (default: a synthetic 10 s clip)")
+    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p != "bare" and p not in PROJECT_PATHS]
+    if unknown:
+        parser.error(f"unknown path(s) {unknown}; choose from bare, {', '.join(PROJECT_PATHS)}")
+    rows: dict[str, list[dict]] = {p: [] for p in paths}
+    busy = start_busy(args.busy)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            video = args.video or synthetic_video(Path(tmp))
+            for _ in range(args.repeats):
+                for path in paths:
+                    rows[path].append(spawn(args, path, video))
+                    print(f"{path}: {json.dumps(rows[path][-1])}", file=sys.stderr, flush=True)
+    finally:
+        for process in busy:
+            process.kill()
+    size = "published architecture (random weights)" if args.full_size else "tiny (random weights)"
+    print(f"\n{size}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,15 +6,22 @@
     print(result.text, result.timings.decode_tokens_per_s)
     chat.answer("clip.mp4", "Describe the movement.", temperature=0.7, on_text=print)  # sampled, streamed
 
-The model is loaded once (`model.assemble`: base checkpoint, hub id, or training output); each `answer` decodes
-the video with the training sampler, renders the training chat template (`processing`), and generates until
-`<|im_end|>` (stripped from the text) or `max_new_tokens`.
+The model is loaded once (`model.assemble`: base checkpoint, hub id, or training output, placed as
+`runtime.plan_inference` decides); each `answer` decodes the video with the training sampler, renders the training
+chat template (`processing`), and generates until `<|im_end|>` (stripped from the text) or `max_new_tokens`.
+
+Follow-up questions about the same video are cheap: the chat keeps the KV cache of the last video's prompt prefix
+(system prompt, user header, the 2402 visual tokens and the text before the question), so a second question about
+that video (the same path, unchanged on disk, or the same `VideoInputs`) skips decoding, both encoders and the
+prefix's prefill and pays only for its own text. The answers are those of asking afresh (same prompt tokens; the
+cached keys and values are the ones a fresh prefill computes). `forget_video()` drops the cache.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,10 +30,13 @@ import torch
 from transformers import TextStreamer
 
 from .checkpoints import ModelSource
-from .constants import DEFAULT_SYSTEM_PROMPT
+from .constants import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN_INDEX
 from .data.video import VideoInputs
 from .model.assemble import load_for_inference
+from .model.decoding import GrowingLayer, new_cache
+from .model.splice import splice_visual_tokens
 from .processing import STOP_STRING, VideoTextProcessor
+from .runtime import InferencePlan
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +50,13 @@ class Timings:
     tokens_per_s counts all new tokens over prefill + decode (generation as a whole).
     """
 
-    video_decode_s: float  # read + sample + both preprocessors (0 when frames were passed in)
+    video_decode_s: float  # read + sample + both preprocessors (0 when frames were passed in or the video was cached)
     encode_s: float  # CLIP + frame selection + VideoMamba + projectors + splice into the prompt embeddings
-    prefill_s: float  # generate() start → first new token (LLM over prompt + visual tokens)
+    prefill_s: float  # generate() start → first new token (LLM over the prompt positions not in the cache)
     decode_s: float  # first → last new token
     total_s: float
     new_tokens: int
+    cached_tokens: int = 0  # prompt positions (visual tokens included) served from the video's cached prefix
 
     @property
     def time_to_first_token_s(self) -> float:
@@ -91,12 +102,14 @@ class ChatResult:
 
 
 class _TimedStreamer(TextStreamer):
-    """Records when each new token arrives; forwards finished text pieces to `on_text` (if any)."""
+    """Records when each new token arrives; forwards finished text pieces to `on_text` (if any), without the
+    whitespace the answer starts with (the final text is stripped too, so streamed and final text agree)."""
 
     def __init__(self, tokenizer, on_text: Callable[[str], None] | None) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
         self.on_text = on_text
         self.token_times: list[float] = []
+        self._started = False
 
     def put(self, value: torch.Tensor) -> None:
         # The first call carries the prompt (empty when generating from embeddings), the rest one token each.
@@ -105,8 +118,46 @@ class _TimedStreamer(TextStreamer):
         super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if not self._started:
+            text = text.lstrip()
+            self._started = bool(text)
         if text and self.on_text is not None:
             self.on_text(text)
+
+
+@dataclass
+class _VideoPrefix:
+    """The last video's prompt prefix: which video, its visual tokens, and the KV cache that holds the prefix."""
+
+    video: VideoInputs | tuple  # the VideoInputs passed in, or (real path, size, mtime) of the file decoded
+    path: str
+    frame_indices: list[int]
+    ids: list[int]  # prompt ids of the prefix, placeholder included
+    visual: torch.Tensor  # (1, visual tokens, hidden)
+    cache: object  # transformers Cache; positions past `length` belong to the last question and answer
+    length: int  # prompt positions of the prefix once the visual tokens are spliced in
+
+    def serves(self, video: VideoInputs | tuple, ids: list[int]) -> bool:
+        if len(ids) <= len(self.ids) or ids[: len(self.ids)] != self.ids:
+            return False
+        if isinstance(video, tuple) or isinstance(self.video, tuple):
+            return video == self.video
+        mine = self.video
+        return video is mine or (
+            video.path == mine.path
+            and list(video.indices) == list(mine.indices)
+            and torch.equal(video.frames, mine.frames)
+            and torch.equal(video.context_frames, mine.context_frames)
+        )
+
+
+def _file_key(path: str | os.PathLike) -> tuple | None:
+    """(real path, size, mtime) of a video file, or None when it cannot be read (the decoder then says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 class VideoChat:
@@ -119,12 +170,19 @@ class VideoChat:
         *,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         source: ModelSource | None = None,
+        plan: InferencePlan | None = None,
+        keep_video: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.source = source
+        self.plan = plan
+        self.keep_video = keep_video
         self.processor = VideoTextProcessor.from_model_config(tokenizer, model.config, system_prompt)
         self.stop_token_ids = self._stop_token_ids()
+        self._prefix_ids = self._question_independent_prefix()
+        self._cached: _VideoPrefix | None = None
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -137,10 +195,12 @@ class VideoChat:
         clip_path: str | None = None,
         videomamba_path: str | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        quantize: str | None = None,
     ) -> VideoChat:
-        """Load a base checkpoint, hub id or training output (raises `ModelLoadError` with the fix)."""
-        loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path)
-        return cls(loaded.model, loaded.tokenizer, system_prompt=system_prompt, source=loaded.source)
+        """Load a base checkpoint, hub id or training output (raises `ModelLoadError` with the fix); `device`,
+        `dtype` and `quantize` go to `runtime.plan_inference`."""
+        loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize)
+        return cls(loaded.model, loaded.tokenizer, system_prompt=system_prompt, source=loaded.source, plan=loaded.plan)
 
     @property
     def device(self) -> torch.device:
@@ -148,7 +208,8 @@ class VideoChat:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        """The language model's hidden-state dtype."""
+        return self.model.model.hidden_dtype
 
     @property
     def system_prompt(self) -> str:
@@ -171,6 +232,33 @@ class VideoChat:
             ids += configured if isinstance(configured, list) else [configured]
         unknown = self.tokenizer.unk_token_id
         return list(dict.fromkeys(i for i in ids if i is not None and i != unknown))
+
+    def _question_independent_prefix(self) -> list[int]:
+        """Prompt ids that every question about a video starts with: up to the video placeholder and the text
+        after it that no question changes (the common start of two prompts that differ only in the question)."""
+        first, second = self.processor.prompt_ids("a"), self.processor.prompt_ids("b")
+        common = 0
+        while common < min(len(first), len(second)) and first[common] == second[common]:
+            common += 1
+        return first[:common] if IMAGE_TOKEN_INDEX in first[:common] else []
+
+    def forget_video(self) -> None:
+        """Drop the cached prompt prefix of the last video (its KV cache: ~60 MB at full size in fp32)."""
+        with self._cache_lock:
+            self._cached = None
+
+    def _take_cached(self, video: VideoInputs | tuple | None, ids: list[int]) -> _VideoPrefix | None:
+        """The cached prefix if it serves this video and prompt (taken out, so concurrent calls never share it)."""
+        with self._cache_lock:
+            cached, self._cached = self._cached, None
+        return cached if cached is not None and video is not None and cached.serves(video, ids) else None
+
+    def _keep(self, cached: _VideoPrefix) -> None:
+        if not all(isinstance(layer, GrowingLayer) for layer in cached.cache.layers):
+            return  # e.g. sliding-window layers: they drop old positions, so the prefix cannot be cut back out
+        cached.cache.crop(cached.length - cached.cache.get_seq_length())
+        with self._cache_lock:
+            self._cached = cached
 
     def load_video(self, video_path: str | os.PathLike) -> VideoInputs:
         """Decode + preprocess with the training sampler in the model's geometry; raises `VideoDecodeError`."""
@@ -246,21 +334,30 @@ class VideoChat:
         start = time.perf_counter()
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty; ask a question about the video")
-        inputs = video if isinstance(video, VideoInputs) else self.load_video(video)
+        ids = self.processor.prompt_ids(prompt, system=system_prompt)
+        key = video if isinstance(video, VideoInputs) else _file_key(video)
+        cached = self._take_cached(key, ids) if self.keep_video else None
+        inputs = None
+        if cached is None:
+            inputs = video if isinstance(video, VideoInputs) else self.load_video(video)
         decoded = time.perf_counter()
-        input_ids = torch.tensor([self.processor.prompt_ids(prompt, system=system_prompt)], device=self.device)
         if seed is not None:
             torch.manual_seed(seed)
 
         with torch.inference_mode():
-            features = inputs.context_features
-            spliced = self.model.model.prepare_multimodal_inputs(
-                input_ids,
-                images=inputs.frames[None].to(self.device),
-                context_images=inputs.context_frames[None].to(self.device) if features is None else None,
-                clip_features=features[None].to(self.device) if features is not None else None,
-                padding_side="left",
-            )
+            input_ids = torch.tensor([ids], device=self.device)
+            if cached is None:
+                features = inputs.context_features  # CLIP features kept by the caller (e.g. live windows)
+                visual = self.model.model.encode_videos(
+                    inputs.frames[None].to(self.device),
+                    inputs.context_frames[None].to(self.device) if features is None else None,
+                    features[None].to(self.device) if features is not None else None,
+                )
+                cache = new_cache(self.model.config)
+            else:
+                visual, cache = cached.visual, cached.cache
+            cached_tokens = cache.get_seq_length()
+            spliced = splice_visual_tokens(input_ids, self.model.model.embed_tokens, visual, padding_side="left")
             self._synchronize()
             encoded = time.perf_counter()
             generation = self._fit_positions(generation, spliced.inputs_embeds.shape[1])
@@ -268,10 +365,25 @@ class VideoChat:
             new_ids = self.model.generate(
                 inputs_embeds=spliced.inputs_embeds,
                 attention_mask=spliced.attention_mask,
+                cache=cache,
                 streamer=streamer,
                 **generation,
             )[0].tolist()
         finished = time.perf_counter()
+
+        if self.keep_video:
+            if cached is None and self._prefix_ids and ids[: len(self._prefix_ids)] == self._prefix_ids:
+                cached = _VideoPrefix(
+                    video=inputs if isinstance(video, VideoInputs) or key is None else key,
+                    path=inputs.path,
+                    frame_indices=list(inputs.indices),
+                    ids=self._prefix_ids,
+                    visual=visual,
+                    cache=cache,
+                    length=len(self._prefix_ids) - 1 + visual.shape[1],
+                )
+            if cached is not None:
+                self._keep(cached)
 
         times = streamer.token_times
         first = times[0] if times else finished
@@ -279,20 +391,21 @@ class VideoChat:
         answer_text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         answer_text = answer_text.removesuffix(STOP_STRING).rstrip()
         timings = Timings(
-            video_decode_s=decoded - start if not isinstance(video, VideoInputs) else 0.0,
+            video_decode_s=decoded - start if inputs is not None and not isinstance(video, VideoInputs) else 0.0,
             encode_s=encoded - decoded,
             prefill_s=first - encoded,
             decode_s=(times[-1] - first) if times else 0.0,
             total_s=finished - start,
             new_tokens=len(new_ids),
+            cached_tokens=cached_tokens,
         )
         return ChatResult(
             text=answer_text,
             prompt=prompt,
-            video_path=inputs.path,
+            video_path=inputs.path if inputs is not None else cached.path,
             num_new_tokens=len(new_ids),
             finish_reason="stop" if stopped else "length",
-            frame_indices=list(inputs.indices),
+            frame_indices=list(inputs.indices) if inputs is not None else cached.frame_indices,
             timings=timings,
             generation={
                 "max_new_tokens": generation["max_new_tokens"],

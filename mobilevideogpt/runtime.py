@@ -1,6 +1,10 @@
-"""Where and in what precision a model runs: device and dtype resolution."""
+"""Where and in what precision a model runs: device and dtype resolution, CPU capabilities, the inference plan."""
 
 from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
 
 import torch
 
@@ -54,3 +58,140 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------- CPU capabilities and the inference plan
+
+BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs whose bf16 GEMM beats fp32
+QUANTIZE_CHOICES = ("none", "int8")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What this CPU offers the inference path."""
+
+    machine: str  # platform.machine(), e.g. "x86_64"
+    isa: str  # the vector ISA torch dispatches to: torch.backends.cpu.get_cpu_capability() ("AVX2", "AVX512", ...)
+    flags: frozenset[str]  # /proc/cpuinfo "flags" of the first CPU (empty where that file is not readable)
+
+    @property
+    def bf16_matmul(self) -> bool:
+        """AMX-bf16 or AVX512-bf16: oneDNN multiplies bf16 matrices several times faster than fp32 (a (2460×896)
+        by (896×4864) product measured ~4× on a Xeon with AMX). Without them bf16 is emulated and slower than fp32."""
+        return any(flag in self.flags for flag in BF16_MATMUL_FLAGS)
+
+    @property
+    def vector_kernels(self) -> bool:
+        """x86-64 with at least AVX2 + FMA: the compiled low-precision linear kernel's vector path."""
+        return self.machine.lower() in ("x86_64", "amd64") and self.isa in ("AVX2", "AVX512")
+
+    def describe(self) -> str:
+        extra = [flag for flag in BF16_MATMUL_FLAGS if flag in self.flags]
+        return f"{self.machine} {self.isa}" + (f" + {', '.join(extra)}" if extra else "")
+
+
+def cpuinfo_flags(text: str) -> frozenset[str]:
+    """The `flags` (x86) or `Features` (ARM) of the first processor in /proc/cpuinfo text."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = cpuinfo_flags(f.read())
+    except OSError:
+        flags = frozenset()
+    return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags)
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """How a model runs for inference.
+
+    encoder_dtype: CLIP, VideoMamba and both projectors (the selective scan keeps fp32 state in any case).
+    llm_dtype: the language model's hidden states, and its weights unless `llm_weights` packs them.
+    llm_weights: None, or "bf16" / "int8": the LLM's linear and embedding weights stored that way and computed with
+      in fp32 (`model/lowp.py`): decode steps through the compiled kernel, prefills widened to `prefill_dtype`.
+    """
+
+    device: torch.device
+    encoder_dtype: torch.dtype
+    llm_dtype: torch.dtype
+    llm_weights: str | None = None
+    prefill_dtype: torch.dtype = torch.float32
+
+    def describe(self) -> str:
+        if self.llm_weights is None and self.encoder_dtype == self.llm_dtype:
+            return f"{self.device} ({dtype_name(self.llm_dtype)})"
+        llm = (
+            f"LLM {self.llm_weights} weights (prefill {dtype_name(self.prefill_dtype)}, decode fp32 kernel)"
+            if self.llm_weights
+            else f"LLM {dtype_name(self.llm_dtype)}"
+        )
+        return f"{self.device} (encoders {dtype_name(self.encoder_dtype)}, {llm})"
+
+    def to_dict(self) -> dict:
+        return {
+            "device": str(self.device),
+            "encoder_dtype": dtype_name(self.encoder_dtype),
+            "llm_dtype": dtype_name(self.llm_dtype),
+            "llm_weights": self.llm_weights,
+            "prefill_dtype": dtype_name(self.prefill_dtype),
+        }
+
+
+def _lowp_kernel_problem() -> str | None:
+    """Why LLM weights cannot be packed here (no vector path, kernel not buildable), or None."""
+    features = cpu_features()
+    if not features.vector_kernels:
+        return f"the compiled low-precision kernel needs an x86-64 CPU with AVX2 (this one: {features.describe()})"
+    from .model import linear_cpu
+
+    if linear_cpu.load_kernel() is None:
+        return f"the compiled low-precision kernel is unavailable ({linear_cpu.build_error()})"
+    return None
+
+
+def plan_inference(
+    device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", quantize: str | None = None
+) -> InferencePlan:
+    """The fastest plan that keeps quality for `device`, or the one asked for.
+
+    On the CPU, dtype "auto" is decided per stage from what the CPU offers (`cpu_features`):
+    - encoders and prefill in bf16 where bf16 matrix units exist (AMX-bf16 / AVX512-bf16), else fp32;
+    - the LLM's weights stored in bf16 and decode steps computed by the compiled kernel in fp32 (half the memory
+      traffic of fp32, exact for bf16-published weights); where that kernel cannot run, fp32 as before;
+    - quantize "int8": int8 weights instead (a quarter of fp32's traffic; changes the numbers slightly).
+    An explicit dtype ("fp32", "bf16", "fp16") runs the whole model in it, as it always did (int8 needs fp32).
+    Elsewhere (CUDA), "auto" is bf16 where supported, else fp16; int8 is a CPU feature.
+    """
+    resolved = resolve_device(device)
+    quantize = None if quantize in (None, "", "none") else str(quantize).lower()
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ModelLoadError(f"unknown quantization {quantize!r}; use none or int8")
+    automatic = dtype in (None, "", "auto")
+    if resolved.type != "cpu":
+        if quantize:
+            raise ModelLoadError("--quantize int8 is for the CPU (its kernel is a CPU kernel); drop it on a GPU")
+        uniform = resolve_dtype(dtype, resolved)
+        return InferencePlan(resolved, uniform, uniform)
+    if not automatic:
+        uniform = resolve_dtype(dtype, resolved)
+        if quantize and uniform != torch.float32:
+            raise ModelLoadError(f"--quantize int8 computes in fp32; use --dtype auto or fp32, not {dtype_name(uniform)}")
+    fast = torch.bfloat16 if automatic and cpu_features().bf16_matmul else torch.float32
+    weights = quantize or ("bf16" if automatic else None)
+    if weights is not None:
+        problem = _lowp_kernel_problem()
+        if problem is not None:
+            if quantize:
+                raise ModelLoadError(f"--quantize int8 is not possible here: {problem}; drop --quantize")
+            weights = None
+    if not automatic:
+        return InferencePlan(resolved, uniform, uniform, weights, uniform)
+    return InferencePlan(resolved, fast, torch.float32, weights, fast)

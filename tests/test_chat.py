@@ -1,11 +1,13 @@
-"""VideoChat: greedy and sampled answers, streaming, timings, stopping at the end of the turn."""
+"""VideoChat: greedy and sampled answers, streaming, timings, stopping at the end of the turn, follow-up questions."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mobilevideogpt.chat import ChatResult, VideoChat
 from mobilevideogpt.checkpoints import FINAL_CHECKPOINT
@@ -78,3 +80,75 @@ def test_max_new_tokens_past_the_models_positions_is_clamped_and_said(trained_ch
     monkeypatch.setattr(trained_chat.model.config, "max_position_embeddings", prompt_length)
     with pytest.raises(ValueError, match="shorten the prompt"):
         trained_chat.answer(video, GUIDE_PROMPT, max_new_tokens=1)
+
+
+# ---------------------------------------------------------------- follow-up questions: the video's cached prefix
+
+FOLLOW_UP = "Which knee moves first, and how far?"
+
+
+def last_position_logits(chat, run):
+    """The logits of every generation step of `run()` (the last position of each forward)."""
+    steps = []
+    handle = chat.model.lm_head.register_forward_hook(lambda m, i, out: steps.append(out[0, -1].detach().clone()))
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, steps
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "auto"])
+def test_follow_up_reuses_the_video_prefix_and_answers_as_afresh(mvgpt_fast_checkpoint, sample_dataset_dir, dtype):
+    video = sample_dataset_dir / GUIDE_VIDEO
+    chat = VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", dtype=dtype)
+    first = chat.answer(video, GUIDE_PROMPT, max_new_tokens=5, min_new_tokens=5)
+    assert first.timings.cached_tokens == 0
+    tokens = {"max_new_tokens": 6, "min_new_tokens": 6}
+    follow, cached_steps = last_position_logits(chat, lambda: chat.answer(video, FOLLOW_UP, **tokens))
+    visual = chat.model.config.visual_tokens_per_video
+    # Everything before the question came from the cache: system prompt, header, the visual tokens, the newline.
+    assert follow.timings.cached_tokens == len(chat._prefix_ids) - 1 + visual > visual
+    assert follow.timings.video_decode_s == 0 and follow.frame_indices == first.frame_indices
+    assert follow.video_path == first.video_path
+
+    fresh_chat = VideoChat(chat.model, chat.tokenizer, plan=chat.plan, keep_video=False)
+    fresh, fresh_steps = last_position_logits(fresh_chat, lambda: fresh_chat.answer(video, FOLLOW_UP, **tokens))
+    assert fresh.timings.cached_tokens == 0
+    assert len(cached_steps) == len(fresh_steps) == 6
+    for cached_logits, fresh_logits in zip(cached_steps, fresh_steps):
+        torch.testing.assert_close(cached_logits, fresh_logits, rtol=1e-4, atol=1e-4)
+        assert int(cached_logits.argmax()) == int(fresh_logits.argmax())
+    assert follow.text == fresh.text and follow.num_new_tokens == fresh.num_new_tokens
+
+    # The same question again (the cache now also ends where the last answer did) is still served from the prefix.
+    again = chat.answer(video, FOLLOW_UP, **tokens)
+    assert again.text == follow.text and again.timings.cached_tokens == follow.timings.cached_tokens
+
+
+def test_the_cache_serves_only_the_same_video(mvgpt_fast_checkpoint, sample_dataset_dir, tmp_path):
+    chat = VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", dtype="fp32")
+    tokens = {"max_new_tokens": 2}
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(sample_dataset_dir / GUIDE_VIDEO, clip)
+    chat.answer(clip, GUIDE_PROMPT, **tokens)
+    assert chat.answer(clip, FOLLOW_UP, **tokens).timings.cached_tokens > 0
+    # The file changed on disk: decoded and encoded again.
+    other = sorted(sample_dataset_dir.glob("*/*.mp4"))[-1]
+    shutil.copy(other, clip)
+    changed = chat.answer(clip, FOLLOW_UP, **tokens)
+    assert changed.timings.cached_tokens == 0 and changed.timings.video_decode_s > 0
+
+    # Frames passed in: the same frames are served, other frames are not.
+    frames = chat.load_video(sample_dataset_dir / GUIDE_VIDEO)
+    chat.answer(frames, GUIDE_PROMPT, **tokens)
+    assert chat.answer(frames, FOLLOW_UP, **tokens).timings.cached_tokens > 0
+    assert chat.answer(chat.load_video(sample_dataset_dir / GUIDE_VIDEO), FOLLOW_UP, **tokens).timings.cached_tokens > 0
+    assert chat.answer(chat.load_video(other), FOLLOW_UP, **tokens).timings.cached_tokens == 0
+
+    # A question that puts the video elsewhere in its text does not share the prefix; forget_video drops it.
+    chat.answer(frames, GUIDE_PROMPT, **tokens)
+    assert chat.answer(frames, "Before anything: <video> what is shown?", **tokens).timings.cached_tokens == 0
+    chat.answer(frames, GUIDE_PROMPT, **tokens)
+    chat.forget_video()
+    assert chat.answer(frames, FOLLOW_UP, **tokens).timings.cached_tokens == 0

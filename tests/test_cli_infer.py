@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -165,3 +166,25 @@ def test_a_whitespace_only_answer_is_said_in_one_line(capsys, monkeypatch, mvgpt
                              sample_dataset_dir / GUIDE_VIDEO, "--max_new_tokens", 3)  # fmt: skip
     assert code == 0 and out.strip() == ""
     assert err.count("whitespace only") == 1
+
+
+def test_interactive_follow_ups_use_the_cached_video(capsys, monkeypatch, mvgpt_trained_run, sample_dataset_dir):
+    common = ["--model_path", mvgpt_trained_run, "--video_path", sample_dataset_dir / GUIDE_VIDEO,
+              "--prompt", "What is wrong?", "--max_new_tokens", 3, "--interactive"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO("Which knee moves first?\n\nnever asked\n"))
+    code, out, err = run_cli(capsys, *common)
+    assert code == 0, err
+    assert err.count("question> ") == 2  # after each answer; the empty line ended the session
+    assert "Prompt: What is wrong?" in err and "Prompt: Which knee moves first?" in err and "never asked" not in err
+    summaries = [line for line in err.splitlines() if line.startswith("[")]
+    assert len(summaries) == 2
+    assert "from the video's cache" not in summaries[0] and "prompt tokens from the video's cache" in summaries[1]
+    assert len(out.strip().splitlines()) == 2  # two streamed answers
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Which knee moves first?"))  # then end of input
+    code, out, err = run_cli(capsys, *common, "--json")
+    assert code == 0, err
+    first, second = (json.loads(line) for line in out.strip().splitlines())
+    assert first["timings"]["cached_tokens"] == 0 and second["timings"]["cached_tokens"] > 0
+    assert second["prompt"] == "Which knee moves first?" and second["timings"]["video_decode_s"] == 0
+    assert first["model"]["plan"]["llm_dtype"] == "float32"

@@ -1,12 +1,14 @@
-"""Device and dtype resolution."""
+"""Device and dtype resolution, CPU capabilities and the inference plan."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mobilevideogpt import runtime
 from mobilevideogpt.errors import ModelLoadError
-from mobilevideogpt.runtime import resolve_device, resolve_dtype
+from mobilevideogpt.model import linear_cpu
+from mobilevideogpt.runtime import CpuFeatures, cpu_features, cpuinfo_flags, plan_inference, resolve_device, resolve_dtype
 
 
 def test_device_and_dtype_resolution():
@@ -23,3 +25,64 @@ def test_device_and_dtype_resolution():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ModelLoadError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+# ---------------------------------------------------------------- CPU capabilities and the inference plan
+
+XEON_AMX = CpuFeatures("x86_64", "AVX512", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}))
+EPYC_AVX2 = CpuFeatures("x86_64", "AVX2", frozenset({"avx2", "fma"}))
+ARM = CpuFeatures("aarch64", "DEFAULT", frozenset({"asimd"}))
+
+
+def test_cpuinfo_flags_are_read_from_the_first_processor():
+    text = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\nflags\t: fpu\n"
+    assert cpuinfo_flags(text) == {"fpu", "avx2", "amx_bf16"}
+    assert cpuinfo_flags("Features\t: fp asimd\n") == {"fp", "asimd"}
+    assert cpuinfo_flags("") == frozenset()
+    features = cpu_features()  # this machine: whatever it is, described without error
+    assert features.isa == torch.backends.cpu.get_cpu_capability() and features.describe()
+
+
+def test_cpu_features_decide_bf16_and_the_kernel():
+    assert XEON_AMX.bf16_matmul and XEON_AMX.vector_kernels
+    assert not EPYC_AVX2.bf16_matmul and EPYC_AVX2.vector_kernels
+    assert CpuFeatures("x86_64", "AVX512", frozenset({"avx512_bf16"})).bf16_matmul
+    assert not ARM.bf16_matmul and not ARM.vector_kernels
+
+
+def plan_on(monkeypatch, features, kernel=True, **kwargs):
+    monkeypatch.setattr(runtime, "cpu_features", lambda: features)
+    monkeypatch.setattr(linear_cpu, "load_kernel", (lambda: print) if kernel else (lambda: None))
+    return plan_inference("cpu", **kwargs)
+
+
+def test_auto_plan_per_cpu(monkeypatch):
+    amx = plan_on(monkeypatch, XEON_AMX)
+    assert (amx.encoder_dtype, amx.llm_dtype, amx.llm_weights, amx.prefill_dtype) == (
+        torch.bfloat16, torch.float32, "bf16", torch.bfloat16)  # fmt: skip
+    avx2 = plan_on(monkeypatch, EPYC_AVX2)
+    assert (avx2.encoder_dtype, avx2.llm_dtype, avx2.llm_weights, avx2.prefill_dtype) == (
+        torch.float32, torch.float32, "bf16", torch.float32)  # fmt: skip
+    assert "LLM bf16 weights" in avx2.describe()
+    # No vector kernel (another architecture) or no compiler: today's fp32, never something slower.
+    for plan in (plan_on(monkeypatch, ARM), plan_on(monkeypatch, EPYC_AVX2, kernel=False)):
+        assert (plan.encoder_dtype, plan.llm_dtype, plan.llm_weights) == (torch.float32, torch.float32, None)
+    assert plan_on(monkeypatch, XEON_AMX, kernel=False).encoder_dtype == torch.bfloat16
+
+
+def test_explicit_dtype_and_int8(monkeypatch):
+    fp32 = plan_on(monkeypatch, XEON_AMX, dtype="fp32")
+    assert (fp32.encoder_dtype, fp32.llm_dtype, fp32.llm_weights) == (torch.float32, torch.float32, None)
+    assert fp32.describe() == "cpu (float32)"
+    bf16 = plan_on(monkeypatch, EPYC_AVX2, dtype="bf16")
+    assert (bf16.encoder_dtype, bf16.llm_dtype, bf16.llm_weights) == (torch.bfloat16, torch.bfloat16, None)
+    int8 = plan_on(monkeypatch, EPYC_AVX2, quantize="int8")
+    assert int8.llm_weights == "int8" and int8.to_dict()["llm_weights"] == "int8"
+    assert plan_on(monkeypatch, EPYC_AVX2, dtype="fp32", quantize="int8").llm_weights == "int8"
+    assert plan_on(monkeypatch, EPYC_AVX2, quantize="none").llm_weights == "bf16"
+    with pytest.raises(ModelLoadError, match="int8 computes in fp32"):
+        plan_on(monkeypatch, EPYC_AVX2, dtype="bf16", quantize="int8")
+    with pytest.raises(ModelLoadError, match="not possible here.*AVX2"):
+        plan_on(monkeypatch, ARM, quantize="int8")
+    with pytest.raises(ModelLoadError, match="unknown quantization"):
+        plan_on(monkeypatch, EPYC_AVX2, quantize="int4")

@@ -38,7 +38,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument(
-        "--dtype", default="auto", help="auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU), fp32, bf16, fp16"
+        "--dtype",
+        default="auto",
+        help="auto (CUDA: bf16 where supported, else fp16; CPU: per stage, the fastest choice this CPU keeps quality "
+        "with), fp32, bf16, fp16",
     )
     parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
     parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
 from ..errors import ModelLoadError, first_line, one_line
-from ..runtime import resolve_device, resolve_dtype
+from ..runtime import InferencePlan, plan_inference
 from .loading import CheckpointLoadError
 from .state_dicts import diff_state_dicts, preview
 
@@ -216,13 +216,57 @@ def assemble_model(
     return model.eval()
 
 
+def vision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The towers and projectors of a Mobile-VideoGPT (empty for a model without vision modules)."""
+    inner = model.model
+    names = ("vision_tower", "image_vision_tower", "mm_projector", "image_mm_projector")
+    return [getattr(inner, name) for name in names if hasattr(inner, name)]
+
+
+def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:
+    """Move an assembled model to `plan`'s device and dtypes, in place (eval mode); returns it.
+
+    The vision modules go to `plan.encoder_dtype`, the LLM to `plan.llm_dtype`. With `plan.llm_weights` the LLM's
+    linear and embedding weights are packed (`lowp.pack_language_model`) straight from the dtype they have, one
+    layer at a time, so a model built or loaded in bf16 is packed to bf16 without any copy and peak memory stays
+    near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. On the CPU the
+    decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time).
+    """
+    from .decoding import use_packed_attention
+    from .lowp import pack_language_model
+
+    vision = vision_modules(model)
+    if plan.llm_weights is None:
+        model.to(device=plan.device, dtype=plan.llm_dtype)
+    else:
+        model.to(device=plan.device)
+        pack_language_model(model, plan.llm_weights, plan.prefill_dtype)
+        in_vision = {id(p) for module in vision for p in module.parameters()}
+        for parameter in model.parameters():
+            if id(parameter) not in in_vision and parameter.is_floating_point():
+                parameter.data = parameter.data.to(plan.llm_dtype)
+    for module in vision:
+        module.to(dtype=plan.encoder_dtype)
+    if plan.device.type == "cpu":
+        use_packed_attention(model)
+    return model.eval()
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     source: ModelSource
-    device: torch.device
-    dtype: torch.dtype
+    plan: InferencePlan
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The language model's hidden-state dtype."""
+        return self.plan.llm_dtype
 
 
 def load_for_inference(
@@ -232,11 +276,12 @@ def load_for_inference(
     dtype: str | torch.dtype = "auto",
     clip_path: str | None = None,
     videomamba_path: str | None = None,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path`); raises `ModelLoadError`."""
+    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path` and `runtime.plan_inference`);
+    raises `ModelLoadError`."""
     source = resolve_model_path(model_path, model_base)
-    target_device = resolve_device(device)
-    target_dtype = resolve_dtype(dtype, target_device)
+    plan = plan_inference(device, dtype, quantize)
     if source.note:
         logger.info(source.note)
     tokenizer = load_tokenizer(source)
@@ -247,8 +292,8 @@ def load_for_inference(
             f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}; "
             "tokenizer and weights come from different models"
         )
-    model.to(device=target_device, dtype=target_dtype)
-    return LoadedModel(model, tokenizer, source, target_device, target_dtype)
+    place_for_inference(model, plan)
+    return LoadedModel(model, tokenizer, source, plan)
 
 
 def load_model_and_tokenizer(
@@ -258,7 +303,9 @@ def load_model_and_tokenizer(
     dtype: str | torch.dtype = "auto",
     clip_path: str | None = None,
     videomamba_path: str | None = None,
+    quantize: str | None = None,
 ):
-    """(model, tokenizer) ready for `model.generate`: eval mode, on `device` in `dtype`, LoRA merged."""
-    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path)
+    """(model, tokenizer) ready for `model.generate`: eval mode, placed as `runtime.plan_inference(device, dtype,
+    quantize)` says, LoRA merged. dtype "fp32" keeps every weight an fp32 parameter (e.g. to inspect or train)."""
+    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize)
     return loaded.model, loaded.tokenizer

@@ -47,12 +47,29 @@ class CLIPImageTower(FrozenAwareModule):
     def dtype(self) -> torch.dtype:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
 
+    @property
+    def layers_used(self) -> int:
+        """Encoder layers that hidden state `select_layer` depends on (hidden state 0 is the embedding output, i
+        is layer i's output): 11 of 12 for the published −2, so the last layer is never run."""
+        total = len(self.vision_tower.vision_model.encoder.layers)
+        index = self.select_layer if self.select_layer >= 0 else total + 1 + self.select_layer
+        if not 0 <= index <= total:
+            raise ValueError(f"mm_vision_select_layer={self.select_layer} does not exist in a {total}-layer CLIP")
+        return index
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values: (N, 3, H, W) CLIP-normalised frames → (N, L, D) patch features (CLS dropped) of
-        hidden state `select_layer` (−2: output of the second-to-last encoder layer, no post-layernorm)."""
+        hidden state `select_layer` (−2: output of the second-to-last encoder layer, no post-layernorm).
+
+        Runs CLIP's own modules (embeddings, pre-layernorm, encoder layers) only as far as that hidden state: the
+        same values as `CLIPVisionModel(..., output_hidden_states=True).hidden_states[select_layer]`."""
+        vision = self.vision_tower.vision_model
+        layers = vision.encoder.layers[: self.layers_used]
         features = []
         for start in range(0, pixel_values.shape[0], CLIP_FRAMES_PER_STEP):
             batch = pixel_values[start : start + CLIP_FRAMES_PER_STEP].to(self.dtype)
-            hidden = self.vision_tower.vision_model(pixel_values=batch, output_hidden_states=True).hidden_states
-            features.append(hidden[self.select_layer][:, 1:])
+            hidden = vision.pre_layrnorm(vision.embeddings(batch))
+            for layer in layers:
+                hidden = layer(hidden, None)
+            features.append(hidden[:, 1:])
         return torch.cat(features)

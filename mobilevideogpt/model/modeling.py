@@ -49,6 +49,12 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         self.post_init()
 
     @property
+    def hidden_dtype(self) -> torch.dtype:
+        """dtype of the LLM's hidden states: what the token embedding returns (fp32 when its weights are packed
+        in bf16 / int8, see `lowp.py`)."""
+        return getattr(self.embed_tokens, "output_dtype", self.embed_tokens.weight.dtype)
+
+    @property
     def projectors(self) -> tuple[EfficientTokenProjector, EfficientTokenProjector]:
         return self.mm_projector, self.image_mm_projector
 
@@ -83,7 +89,7 @@ class MobileVideoGPTQwenModel(Qwen2Model):
             largest=self.config.topk,
             clip_features=clip_features.to(device) if clip_features is not None else None,
         )
-        return tokens.to(self.embed_tokens.weight.dtype)
+        return tokens.to(self.hidden_dtype)
 
     def prepare_multimodal_inputs(
         self,

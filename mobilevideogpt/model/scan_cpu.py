@@ -8,260 +8,47 @@ the state and all arithmetic are fp32 and the output keeps u's dtype.
 Nothing is compiled at import time. ``load_kernel()`` returns ``None`` when the kernel cannot be built or safely
 loaded (the reason is kept in ``build_error()``), and ``mobilevideogpt.model.scan`` then uses its pure-PyTorch path.
 
-Where the library lives, and why it can be trusted: ``$TORCH_EXTENSIONS_DIR`` (default: torch's extension cache,
-``~/.cache/torch_extensions``), sub-folder ``mobilevideogpt_scan_cpu_<hash of source, compiler and flags>``. A
-library is only built in and loaded from a folder that this user owns and nobody else can write: missing folders
-are created 0700; the build folder and the cache root must be owned by this user and not writable by group or
-others; the folders above the cache root must be owned by this user or root and not writable by others unless
-sticky (like /tmp). The library itself must be a regular file owned by this user, not writable by others, and its
-sha256 must equal the one recorded (atomically) when it was built; otherwise it is rebuilt, never loaded as is.
-There is no fallback location: an unwritable or unsafe cache means the pure-PyTorch path.
+Where the library is built and why it can be trusted: see ``native``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import errno
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import stat
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
+from . import native
+from .native import UnsafeCacheError, folder_problem, library_problem  # noqa: F401  (part of this module's API)
+
 logger = logging.getLogger(__name__)
 
-# Built with g++ and loaded through ctypes rather than torch.utils.cpp_extension.load: measured on 2 shared cores,
-# cold build 1.7-2.9 s vs 54-63 s (torch/extension.h + pybind) or 3.2-3.6 s (same plain source through ninja), warm
-# load 0.4 ms vs 10-33 ms, identical kernel run time, no ninja / torch ABI dependency, and the library can be
-# verified before it is loaded (load() builds and loads in one step).
 SOURCE = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _LIBRARY = "scan_cpu.so"
-_DIGEST = "scan_cpu.so.sha256"  # hex sha256 of the library, written after a successful build
-_GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_WHAT = "selective-scan kernel"
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # element types the kernel reads and writes natively
 
 _lock = threading.Lock()
 _kernel: Optional[Callable[..., int]] = None
 _tried = False
 _error: Optional[str] = None
-
-
-class UnsafeCacheError(RuntimeError):
-    """The kernel's cache folder or library could be written by someone else: nothing is loaded from it."""
-
-
-def _arch_flags() -> list[str]:
-    """Vector ISA flags matching what torch detected at run time on this CPU (never -march=native, so a cached
-    library stays valid for any CPU with that capability)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability == "AVX512":
-        return ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mavx2", "-mfma"]
-    if capability == "AVX2":
-        return ["-mavx2", "-mfma"]
-    return []
-
-
-def _compiler() -> Optional[str]:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def cache_root() -> Path:
-    """The folder holding the kernel builds: ``$TORCH_EXTENSIONS_DIR`` or torch's default, symlinks resolved (every
-    later check and file operation uses this resolved path, so re-pointing a link afterwards changes nothing)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if not root:
-        from torch.utils.cpp_extension import get_default_build_root
-
-        root = get_default_build_root()
-    return Path(os.path.realpath(root))
-
-
-def folder_problem(path: Path, st: os.stat_result, strict: bool) -> Optional[str]:
-    """Why a folder with lstat result ``st`` must not hold a library we load, or ``None`` if it may.
-
-    ``strict`` (the cache root and below): a real directory owned by this user, not writable by group or others.
-    Otherwise (folders above the cache root): owned by this user or root, and not writable by group or others
-    unless sticky, where nobody can rename or replace another user's entries.
-    """
-    uid = os.geteuid()
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a directory"
-    owners = (uid,) if strict else (uid, 0)
-    if st.st_uid not in owners:
-        return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
-    if st.st_mode & _GROUP_OTHER_WRITE and (strict or not st.st_mode & stat.S_ISVTX):
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
-
-
-def library_problem(path: Path, st: os.stat_result) -> Optional[str]:
-    """Why a library file with lstat/fstat result ``st`` must not be loaded, or ``None`` if its owner and mode
-    allow it (its content is checked separately, against the recorded sha256)."""
-    uid = os.geteuid()
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file"
-    if st.st_uid != uid:
-        return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
-    if st.st_mode & _GROUP_OTHER_WRITE:
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
-
-
-def private_build_dir(root: Path, name: str) -> Path:
-    """``root / name``, every missing folder on the way created 0700, every folder from ``/`` down checked with
-    ``folder_problem``. Raises ``UnsafeCacheError`` for an unsafe folder and ``OSError`` if one cannot be made."""
-    build_dir = root / name
-    for path in [*reversed(build_dir.parents), build_dir]:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):  # another process made it meanwhile: it is checked below
-                os.mkdir(path, 0o700)
-            st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", str(path))
-        strict = path == root or root in path.parents
-        problem = folder_problem(path, st, strict)
-        if problem:
-            raise UnsafeCacheError(
-                f"refusing the selective-scan kernel cache: {problem}; remove it, make it private "
-                "(chmod go-w, owned by you) or set TORCH_EXTENSIONS_DIR to a private folder"
-            )
-    return build_dir
-
-
-@contextlib.contextmanager
-def _build_lock(build_dir: Path) -> Iterator[None]:
-    """Serialises check, build and load of one build folder across processes."""
-    import fcntl  # POSIX only; _build refuses other systems before this
-
-    fd = os.open(build_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _sha256_file(fd: int) -> str:
-    digest = hashlib.sha256()
-    with os.fdopen(os.dup(fd), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def library_check(build_dir: Path) -> Optional[str]:
-    """Why the library in ``build_dir`` must not be loaded as it is (missing, no recorded sha256, wrong owner or
-    mode, content differs from the record), or ``None`` if it may."""
-    library = build_dir / _LIBRARY
-    try:
-        recorded = (build_dir / _DIGEST).read_text().strip()
-        fd = os.open(library, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        return f"{exc.filename} does not exist"
-    except OSError as exc:  # e.g. ELOOP: the library is a symlink
-        return f"cannot open {library} safely: {exc}"
-    try:
-        problem = library_problem(library, os.fstat(fd))
-        if problem:
-            return problem
-        actual = _sha256_file(fd)
-    finally:
-        os.close(fd)
-    if actual != recorded:
-        return f"{library} has sha256 {actual[:16]}..., but {recorded[:16]}... was recorded when it was built"
-    return None
-
-
-def _write_private(build_dir: Path, name: str, data: bytes, suffix: str) -> None:
-    """Writes build_dir/name atomically (temporary file, then rename), mode 0600."""
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=build_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, build_dir / name)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _compile(cxx: str, flags: list[str], source: bytes, build_dir: Path) -> None:
-    """Compiles ``source`` into build_dir/scan_cpu.so and records its sha256 next to it."""
-    fd, src = tempfile.mkstemp(suffix=".cpp", dir=build_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(source)  # exactly the bytes the folder name hashes
-    fd, out = tempfile.mkstemp(suffix=".so", dir=build_dir)
-    os.close(fd)
-    try:
-        result = subprocess.run([cxx, *flags, src, "-o", out], capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise RuntimeError(f"{cxx} failed to build the selective-scan kernel:\n{result.stderr[-4000:]}")
-        os.chmod(out, 0o700)  # the linker applies the umask, which may leave it group-writable
-        fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            digest = _sha256_file(fd)
-        finally:
-            os.close(fd)
-        os.replace(out, build_dir / _LIBRARY)
-        _write_private(build_dir, _DIGEST, f"{digest}\n".encode(), ".sha256")
-    finally:
-        for path in (src, out):
-            if os.path.exists(path):
-                os.unlink(path)
+_compiler = native.compiler
 
 
 def build_recipe() -> tuple[str, list[str], bytes, str]:
     """(compiler, flags, source bytes, build folder name); raises RuntimeError if the kernel cannot be built here."""
-    if not hasattr(os, "geteuid"):
-        raise RuntimeError("the compiled kernel needs a POSIX system (its cache folder's owner is checked)")
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
-    try:
-        source = SOURCE.read_bytes()
-    except OSError as exc:
-        raise RuntimeError(f"the kernel source {SOURCE} is missing from the installed package; reinstall") from exc
-    flags = ["-O3", "-std=c++17", "-fPIC", "-shared", "-pthread", *_arch_flags()]
-    key = b"\n".join([source, cxx.encode(), " ".join(flags).encode(), platform.machine().encode()])
-    return cxx, flags, source, f"mobilevideogpt_scan_cpu_{hashlib.sha256(key).hexdigest()[:16]}"
+    return native.build_recipe(SOURCE, "scan_cpu", _compiler())
+
+
+def _compile(cxx: str, flags: list[str], source: bytes, build_dir: Path) -> None:
+    native.compile_library(cxx, flags, source, build_dir, _LIBRARY, _WHAT)
 
 
 def _build() -> Callable[..., int]:
-    cxx, flags, source, name = build_recipe()
-    root = cache_root()
-    try:
-        build_dir = private_build_dir(root, name)
-    except OSError as exc:
-        raise RuntimeError(
-            f"cannot create the selective-scan kernel cache under {root} ({exc}); "
-            "set TORCH_EXTENSIONS_DIR to a writable private folder"
-        ) from exc
-    with _build_lock(build_dir):
-        problem = library_check(build_dir)
-        if problem:
-            if os.path.lexists(build_dir / _LIBRARY):
-                logger.warning("rebuilding the selective-scan kernel: %s", problem)
-            _compile(cxx, flags, source, build_dir)
-            problem = library_check(build_dir)
-            if problem:
-                raise UnsafeCacheError(f"refusing to load the selective-scan kernel: {problem}")
-        # The folder is private and the lock is held, so the file checked above is the file loaded here.
-        lib = ctypes.CDLL(str(build_dir / _LIBRARY))
+    lib = native.build_and_load(build_recipe(), _LIBRARY, _WHAT, lambda *args: _compile(*args))
     fn = lib.mvg_selective_scan_fwd
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 5

@@ -1,0 +1,148 @@
+"""The language model's weights kept in bf16 or int8 on the CPU, computed with in fp32 (inference only).
+
+`pack_language_model` replaces every linear layer of the LLM (attention and MLP projections, the LM head) and the
+token embedding with modules that store the weight in low precision and widen it when it is used:
+
+- bf16: exact for checkpoints published in bf16 (Qwen2.5 and Mobile-VideoGPT are), half the memory of fp32; a
+  weight that already is bf16 is kept as it is (no copy).
+- int8: symmetric per-output-row quantization (scale = max |row| / 127), a quarter of the memory of fp32; weight
+  error ≤ scale / 2 per element. Opt-in (`--quantize int8`): it changes the model's numbers.
+
+Forward of `LowPrecisionLinear`, chosen by the number of activation rows:
+- up to `linear_cpu.MAX_ROWS` (a decode step): the compiled kernel reads the stored weight directly, fp32
+  activations and arithmetic — half (bf16) or a quarter (int8) of fp32's memory traffic, which sets decode speed;
+- more rows (a prefill): the weight is widened to `matmul_dtype` (fp32, or bf16 on CPUs with bf16 matrix units)
+  for torch's matrix multiply; widening one layer at a time costs a few percent of a 2.4 k-token prefill.
+
+Everything outside the LLM's linear layers and embedding (norms, biases, rotary tables, the vision towers and
+projectors) keeps its dtype. Hidden states stay fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import linear_cpu
+
+WeightFormat = Literal["bf16", "int8"]
+WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "int8")
+# Up to this many rows the kernel runs in passes of MAX_ROWS: two passes over bf16 weights move as many bytes as one
+# over fp32, while widening the weight for torch's matmul writes and reads a full fp32 copy.
+KERNEL_ROWS = 2 * linear_cpu.MAX_ROWS
+
+
+QUANTIZE_ROWS_PER_STEP = 4096  # bounds the fp32 temporaries of quantizing a large matrix (the embedding: ~15 MB)
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float → int8 (N, K) and fp32 scale (N,), symmetric per row: weight ≈ q · scale[:, None]."""
+    weight = weight.detach()
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], QUANTIZE_ROWS_PER_STEP):
+        rows = weight[start : start + QUANTIZE_ROWS_PER_STEP].float()
+        step = rows.abs().amax(dim=1) / 127.0
+        q[start : start + rows.shape[0]] = torch.round(rows / torch.where(step > 0, step, 1.0)[:, None]).clamp_(-127, 127)
+        scale[start : start + rows.shape[0]] = step
+    return q, scale
+
+
+def _store(weight: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if fmt == "bf16":
+        return weight.detach().to(torch.bfloat16).contiguous(), None
+    if fmt == "int8":
+        return quantize_rows(weight)
+    raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
+
+
+def widen(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The stored weight as a `dtype` tensor (int8 rows times their scale)."""
+    if scale is None:
+        return weight.to(dtype)
+    return (weight.to(torch.float32) * scale[:, None]).to(dtype)
+
+
+class LowPrecisionLinear(nn.Module):
+    """A bias-optional linear layer whose weight is stored in bf16 or int8 (see the module docstring)."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        scale: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        matmul_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self.matmul_dtype = matmul_dtype
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: WeightFormat, matmul_dtype: torch.dtype) -> LowPrecisionLinear:
+        weight, scale = _store(linear.weight, fmt)
+        return cls(weight, scale, linear.bias, matmul_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows <= KERNEL_ROWS and x.dtype == torch.float32 and linear_cpu.load_kernel() is not None:
+            if rows <= linear_cpu.MAX_ROWS:
+                return linear_cpu.linear_lowp(x, self.weight, self.scale, self.bias)
+            flat = x.reshape(rows, self.in_features)
+            step = linear_cpu.MAX_ROWS
+            parts = [linear_cpu.linear_lowp(flat[i : i + step], self.weight, self.scale, self.bias) for i in range(0, rows, step)]
+            return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
+        dtype = self.matmul_dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x.to(dtype), widen(self.weight, self.scale, dtype), bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        fmt = "int8" if self.scale is not None else str(self.weight.dtype).removeprefix("torch.")
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, " \
+            f"matmul={str(self.matmul_dtype).removeprefix('torch.')}"
+
+
+class LowPrecisionEmbedding(nn.Module):
+    """Token embedding stored like `LowPrecisionLinear` (and shared with a tied LM head); looks up fp32 rows."""
+
+    output_dtype = torch.float32
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.weight).to(torch.float32)
+        return rows if self.scale is None else rows * self.scale[ids, None]
+
+
+def pack_language_model(model: nn.Module, fmt: WeightFormat, matmul_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Store the LLM weights of a `MobileVideoGPTQwenForCausalLM` (or any transformers causal LM with `.model.layers`,
+    `.model.embed_tokens` and `.lm_head`) in `fmt`, in place; returns the model. A tied LM head shares the
+    embedding's stored weight. Each fp32 weight is released as soon as its replacement exists, so packing never
+    holds two full copies."""
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
+    decoder = model.model
+    for layer in decoder.layers:
+        for parent in layer.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, LowPrecisionLinear.from_linear(child, fmt, matmul_dtype))
+    embedding = decoder.embed_tokens
+    tied = model.lm_head.weight is embedding.weight
+    weight, scale = _store(embedding.weight, fmt)
+    decoder.embed_tokens = LowPrecisionEmbedding(weight, scale)
+    head = model.lm_head
+    if tied:
+        model.lm_head = LowPrecisionLinear(weight, scale, head.bias, matmul_dtype)
+    else:
+        model.lm_head = LowPrecisionLinear.from_linear(head, fmt, matmul_dtype)
+    return model

@@ -1,0 +1,96 @@
+"""LLM weights packed in bf16 / int8: the layers compute what their stored weights say, on every row count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobilevideogpt.model import linear_cpu, native
+from mobilevideogpt.model.lowp import (
+    KERNEL_ROWS,
+    LowPrecisionEmbedding,
+    LowPrecisionLinear,
+    pack_language_model,
+    quantize_rows,
+    widen,
+)
+from mobilevideogpt.model.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if linear_cpu.load_kernel() is None:
+        if native.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
+        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
+
+
+def test_int8_rows_are_within_half_a_step():
+    w = torch.randn(50, 33)
+    w[7] = 0.0  # an all-zero row has scale 0 and stays zero
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (50,) and int(q.abs().max()) <= 127
+    error = (q.float() * scale[:, None] - w).abs()
+    assert bool((error <= scale[:, None] / 2 + 1e-7).all())
+    assert scale[7] == 0 and not q[7].any()
+    assert torch.equal(quantize_rows(w)[0], q)  # deterministic, and independent of the block size used inside
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "int8"])
+@pytest.mark.parametrize("rows", [1, 3, 6, KERNEL_ROWS + 5])  # kernel, kernel in two passes, torch matmul
+def test_linear_matches_its_widened_weight(kernel, fmt, rows):
+    linear = torch.nn.Linear(96, 40)
+    packed = LowPrecisionLinear.from_linear(linear, fmt, torch.float32)
+    x = torch.randn(1, rows, 96)
+    expected = F.linear(x.double(), widen(packed.weight, packed.scale, torch.float64), linear.bias.double())
+    out = packed(x)
+    assert out.shape == (1, rows, 40) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_kernel_layers_widen(monkeypatch):
+    monkeypatch.setattr(linear_cpu, "load_kernel", lambda: None)
+    linear = torch.nn.Linear(16, 8)
+    packed = LowPrecisionLinear.from_linear(linear, "int8", torch.float32)
+    x = torch.randn(1, 16)
+    expected = F.linear(x, widen(packed.weight, packed.scale, torch.float32), linear.bias)
+    torch.testing.assert_close(packed(x), expected)
+
+
+def test_packing_the_tiny_model(kernel):
+    model = build_tiny_model(seed=0)
+    reference = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pack_language_model(model, "bf16")
+    inner = model.model
+    assert isinstance(inner.embed_tokens, LowPrecisionEmbedding) and isinstance(model.lm_head, LowPrecisionLinear)
+    assert model.lm_head.weight.data_ptr() == inner.embed_tokens.weight.data_ptr()  # tied: one stored copy
+    layer = inner.layers[0]
+    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"):
+        module = layer.get_submodule(name)
+        assert isinstance(module, LowPrecisionLinear)
+        assert torch.equal(module.weight, reference[f"model.layers.0.{name}.weight"].bfloat16())
+    assert torch.equal(layer.self_attn.q_proj.bias, reference["model.layers.0.self_attn.q_proj.bias"])
+    # The towers, projectors and norms are untouched; hidden states stay fp32.
+    assert not any(isinstance(m, LowPrecisionLinear) for m in inner.image_vision_tower.modules())
+    assert inner.hidden_dtype == torch.float32
+    ids = torch.tensor([[151644, 872, 198, 2082]])
+    expected = F.embedding(ids, reference["model.embed_tokens.weight"].bfloat16()).float()
+    assert torch.equal(inner.embed_tokens(ids), expected)
+
+
+def test_bf16_weights_are_packed_without_a_copy(kernel):
+    model = build_tiny_model(seed=0).to(torch.bfloat16)
+    before = model.model.layers[0].mlp.up_proj.weight.data_ptr()
+    embedding = model.model.embed_tokens.weight.data_ptr()
+    pack_language_model(model, "bf16")
+    assert model.model.layers[0].mlp.up_proj.weight.data_ptr() == before
+    assert model.model.embed_tokens.weight.data_ptr() == embedding
+
+
+def test_int8_embedding_rows_are_dequantized():
+    weight = torch.randn(20, 8)
+    q, scale = quantize_rows(weight)
+    embedding = LowPrecisionEmbedding(q, scale)
+    ids = torch.tensor([[3, 19, 3]])
+    torch.testing.assert_close(embedding(ids), (q.float() * scale[:, None])[ids])
