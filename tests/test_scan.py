@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.model import scan, scan_cpu
+from mobilevideogpt.model import native, scan, scan_cpu
 from mobilevideogpt.model.scan import (
     BACKEND_ENV,
     causal_conv1d,
@@ -307,9 +307,14 @@ def test_backend_env_var(monkeypatch, kernel):
         selective_scan(**x, delta_softplus=True)
 
 
+def fresh_loader() -> native.LazyKernel:
+    """A loader that has not tried yet (the module's own, already loaded, comes back after the test)."""
+    return native.LazyKernel(scan_cpu._build, "test: selective scan unavailable")
+
+
 def test_failed_build_falls_back_to_torch(monkeypatch):
-    for name, value in (("_tried", False), ("_kernel", None), ("_error", None), ("_compiler", lambda: None)):
-        monkeypatch.setattr(scan_cpu, name, value)
+    monkeypatch.setattr(scan_cpu, "_compiler", lambda: None)
+    monkeypatch.setattr(scan_cpu, "KERNEL", fresh_loader())
     assert scan_cpu.load_kernel() is None
     assert "no C++ compiler" in scan_cpu.build_error()
     x = make_inputs()
@@ -407,8 +412,7 @@ def test_bf16_rounding_matches_torch_on_ties_and_specials(kernel):
 @pytest.fixture
 def fresh_kernel_state(monkeypatch, tmp_path):
     """Forget the loaded kernel and point its cache at tmp_path/cache; returns that cache root."""
-    for name, value in (("_tried", False), ("_kernel", None), ("_error", None)):
-        monkeypatch.setattr(scan_cpu, name, value)
+    monkeypatch.setattr(scan_cpu, "KERNEL", fresh_loader())
     root = tmp_path / "cache"
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
     return root

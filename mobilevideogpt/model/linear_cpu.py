@@ -17,8 +17,6 @@ kernel cannot be built or safely loaded here (the reason is kept in ``build_erro
 from __future__ import annotations
 
 import ctypes
-import logging
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,7 +24,6 @@ import torch
 
 from . import native
 
-logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "linear_cpu.cpp"
 MAX_ROWS = 4  # activation rows per kernel call (kMaxRows in the source)
@@ -34,10 +31,6 @@ _LIBRARY = "linear_cpu.so"
 _WHAT = "low-precision linear kernel"
 _WEIGHT_CODES = {torch.bfloat16: 1, torch.int8: 2}
 
-_lock = threading.Lock()
-_kernel: Optional[Callable[..., int]] = None
-_tried = False
-_error: Optional[str] = None
 
 
 def _build() -> Callable[..., int]:
@@ -52,24 +45,17 @@ def _build() -> Callable[..., int]:
     return fn
 
 
+KERNEL = native.LazyKernel(lambda: _build(), "compiled low-precision linear kernel unavailable")
+
+
 def load_kernel() -> Optional[Callable[..., int]]:
     """Build (first call only, ~2 s) and load the kernel; ``None`` if that is impossible or unsafe here."""
-    global _kernel, _tried, _error
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _kernel = _build()
-            except Exception as exc:  # any failure means "not available": callers keep fp32 weights
-                _error = f"{type(exc).__name__}: {exc}"
-                level = logging.WARNING if isinstance(exc, native.UnsafeCacheError) else logging.INFO
-                logger.log(level, "compiled low-precision linear kernel unavailable: %s", _error)
-        return _kernel
+    return KERNEL.load()
 
 
 def build_error() -> Optional[str]:
     """Why the last ``load_kernel()`` returned ``None`` (``None`` if it did not fail or was not tried)."""
-    return _error
+    return KERNEL.error
 
 
 def linear_lowp(

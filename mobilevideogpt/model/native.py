@@ -28,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -261,3 +262,30 @@ def build_and_load(
                 raise UnsafeCacheError(f"refusing to load the {what}: {problem}")
         # The folder is private and the lock is held, so the file checked above is the file loaded here.
         return ctypes.CDLL(str(build_dir / library))
+
+
+class LazyKernel:
+    """One compiled kernel, built and loaded on first use (once, thread-safe); ``load()`` is ``None`` where that is
+    impossible or unsafe here, and ``error`` then says why."""
+
+    def __init__(self, build: Callable[[], Callable[..., int]], unavailable: str) -> None:
+        self._build = build
+        self._unavailable = unavailable  # start of the log line, e.g. "compiled CPU selective scan unavailable"
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the outcome: the next ``load()`` builds again."""
+        self._tried, self._kernel, self.error = False, None, None
+
+    def load(self) -> Optional[Callable[..., int]]:
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    self._kernel = self._build()
+                except Exception as exc:  # any failure means "not available": callers keep their PyTorch path
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    level = logging.WARNING if isinstance(exc, UnsafeCacheError) else logging.INFO
+                    logger.log(level, "%s: %s", self._unavailable, self.error)
+            return self._kernel

@@ -14,8 +14,6 @@ Where the library is built and why it can be trusted: see ``native``.
 from __future__ import annotations
 
 import ctypes
-import logging
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,17 +22,12 @@ import torch
 from . import native
 from .native import UnsafeCacheError, folder_problem, library_problem  # noqa: F401  (part of this module's API)
 
-logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "scan_cpu.cpp"
 _LIBRARY = "scan_cpu.so"
 _WHAT = "selective-scan kernel"
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}  # element types the kernel reads and writes natively
 
-_lock = threading.Lock()
-_kernel: Optional[Callable[..., int]] = None
-_tried = False
-_error: Optional[str] = None
 _compiler = native.compiler
 
 
@@ -56,24 +49,17 @@ def _build() -> Callable[..., int]:
     return fn
 
 
+KERNEL = native.LazyKernel(lambda: _build(), "compiled CPU selective scan unavailable, using PyTorch")
+
+
 def load_kernel() -> Optional[Callable[..., int]]:
     """Build (first call only, ~2 s) and load the kernel; ``None`` if that is impossible or unsafe here."""
-    global _kernel, _tried, _error
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _kernel = _build()
-            except Exception as exc:  # any failure means "not available": the caller falls back to PyTorch
-                _error = f"{type(exc).__name__}: {exc}"
-                level = logging.WARNING if isinstance(exc, UnsafeCacheError) else logging.INFO
-                logger.log(level, "compiled CPU selective scan unavailable, using PyTorch: %s", _error)
-        return _kernel
+    return KERNEL.load()
 
 
 def build_error() -> Optional[str]:
     """Why the last ``load_kernel()`` returned ``None`` (``None`` if it did not fail or was not tried)."""
-    return _error
+    return KERNEL.error
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
