@@ -82,15 +82,15 @@ def test_frame_cache_reuses_frames_and_matches_uncached_inputs(chat):
 
 def test_live_session_feeds_the_model_the_same_with_and_without_the_cache(chat, session_video, monkeypatch):
     inner = chat.model.model
-    original = inner.prepare_multimodal_inputs
-    spliced = []
+    original = inner.encode_videos
+    spliced = []  # each window's visual tokens, as the LLM receives them
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
-        spliced.append(out.inputs_embeds.clone())
+        spliced.append(out.clone())
         return out
 
-    monkeypatch.setattr(inner, "prepare_multimodal_inputs", recording)
+    monkeypatch.setattr(inner, "encode_videos", recording)
     runs = {}
     for cache in (True, False):
         spliced.clear()
