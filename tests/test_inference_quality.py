@@ -106,17 +106,17 @@ def test_full_size_auto_and_int8_prefill_match_fp32(kernel, qwen25_tokenizer, sa
     processor = VideoTextProcessor.from_model_config(qwen25_tokenizer, model.config)
     video = processor.load_video(sample_dataset_dir / VIDEO)
     ids = torch.tensor([processor.prompt_ids(PROMPT)])
-    last, visual = {}, {}
+    last, visual = {}, {}  # visual tokens per encoder dtype: plans that share it share the encoders' output
     for name, plan in (
         ("fp32", plan_inference("cpu", "fp32")),
         ("auto", plan_inference("cpu", "auto")),
-        ("int8", plan_inference("cpu", quantize="int8")),  # same encoder dtype as auto: its visual tokens
+        ("int8", plan_inference("cpu", quantize="int8")),
     ):
         placed = place_for_inference(copy.deepcopy(model), plan)
-        if name != "int8":
+        if plan.encoder_dtype not in visual:
             with torch.inference_mode():
-                visual[name] = placed.model.encode_videos(video.frames[None], video.context_frames[None])
-        last[name] = prefill_logits(placed, ids, visual["auto" if name == "int8" else name])
+                visual[plan.encoder_dtype] = placed.model.encode_videos(video.frames[None], video.context_frames[None])
+        last[name] = prefill_logits(placed, ids, visual[plan.encoder_dtype])
         del placed
     auto, int8 = cosine(last["auto"], last["fp32"]), cosine(last["int8"], last["fp32"])
     print(f"full size, last-position prefill logits vs fp32: cosine auto {auto:.6f}, int8 {int8:.6f}")

@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mobilevideogpt.cli import run_command
 from mobilevideogpt.qved import verify
 from mobilevideogpt.qved.verify import REQUIRED_SCRIPTS, Report
 
@@ -42,6 +44,13 @@ def _verify(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _check(capsys, project: Path) -> SimpleNamespace:
+    """`mvgpt verify --skip-environment` in this process (the script itself runs in the test above)."""
+    args = ["--project-root", str(project), "--dataset-dir", str(project / "dataset"), "--skip-environment"]
+    code = run_command("verify", args)
+    return SimpleNamespace(returncode=code, stdout=capsys.readouterr().out)
+
+
 def test_good_setup_passes_with_warnings_only(project):
     run = _verify(project)
     out = run.stdout
@@ -58,10 +67,10 @@ def test_good_setup_passes_with_warnings_only(project):
     assert "\033[" not in out  # no colour codes when not writing to a terminal
 
 
-def test_corrupted_video_fails_and_is_named(project):
+def test_corrupted_video_fails_and_is_named(project, capsys):
     broken = project / "dataset" / "squats" / "00093026.mp4"
     broken.write_bytes(os.urandom(3000))
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1
     assert "[FAIL] squats/00093026.mp4: unreadable" in run.stdout
     assert "SETUP INCOMPLETE" in run.stdout
@@ -85,24 +94,24 @@ def test_an_empty_label_file_fails(project):
     assert any("ground_truth.json holds no label records" in failure for failure in report.failures), report.failures
 
 
-def test_missing_video_fails_and_is_named(project):
+def test_missing_video_fails_and_is_named(project, capsys):
     (project / "dataset" / "tricep_stretch" / "00002012.mp4").unlink()
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1
     assert "dataset/tricep_stretch/00002012.mp4" in run.stdout
     assert "qved_train.json: 1 videos not found" in run.stdout
     assert "manifest.json: 1 of 30 videos missing" in run.stdout
 
 
-def test_invalid_json_and_bad_schema_fail(project):
+def test_invalid_json_and_bad_schema_fail(project, capsys):
     dataset = project / "dataset"
     (dataset / "qved_train.json").write_text('[{"video": "dataset/squats/00093026.mp4",')
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1 and "qved_train.json is not valid JSON" in run.stdout
     (dataset / "qved_train.json").write_text(
         json.dumps([{"video": "dataset/squats/00093026.mp4", "conversations": [{"from": "gpt", "value": "x"}]}])
     )
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1 and "sample 0: no answer (assistant/gpt turn) after a question" in run.stdout
 
 
@@ -114,13 +123,13 @@ def test_invalid_json_and_bad_schema_fail(project):
         ([{"from": "human", "value": "<video> q <video> r"}, {"from": "gpt", "value": "a"}], False),
     ],
 )
-def test_verify_accepts_exactly_what_training_accepts(project, turns, accepted, qwen25_tokenizer):
+def test_verify_accepts_exactly_what_training_accepts(project, turns, accepted, qwen25_tokenizer, capsys):
     from mobilevideogpt.config import resolve_datasets
     from mobilevideogpt.data.dataset import SupervisedVideoDataset
 
     dataset = project / "dataset"
     (dataset / "qved_train.json").write_text(json.dumps([{"video": "dataset/squats/00093026.mp4", "conversations": turns}]))
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert (run.returncode == 0) == accepted, run.stdout
     entries = resolve_datasets("QVED_TRAIN", root=project)
     if accepted:
@@ -131,23 +140,23 @@ def test_verify_accepts_exactly_what_training_accepts(project, turns, accepted, 
             SupervisedVideoDataset(entries, qwen25_tokenizer, num_visual_tokens=10)
 
 
-def test_missing_script_and_missing_dataset_fail(project):
+def test_missing_script_and_missing_dataset_fail(project, capsys):
     (project / "inference.py").unlink()
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1 and "[FAIL] inference.py missing" in run.stdout
     shutil.rmtree(project / "dataset")
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 1 and "dataset folder not found" in run.stdout
 
 
-def test_other_classes_and_counts_are_only_warnings(project):
+def test_other_classes_and_counts_are_only_warnings(project, capsys):
     dataset = project / "dataset"
     shutil.rmtree(dataset / "knee_circles")
     manifest = {k: v for k, v in json.loads((dataset / "manifest.json").read_text()).items() if v != "knee_circles"}
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     train = [s for s in json.loads((dataset / "qved_train.json").read_text()) if "knee_circles" not in s["video"]]
     (dataset / "qved_train.json").write_text(json.dumps(train))
-    run = _verify(project, "--skip-environment")
+    run = _check(capsys, project)
     assert run.returncode == 0, run.stdout
     assert "knee_circles/ not found" in run.stdout and "25 videos in 5 folders" in run.stdout
     assert "5 of 30 records would be skipped" in run.stdout  # ground_truth.json still lists them
