@@ -63,3 +63,14 @@ def mvgpt_trained_run(tmp_path_factory: pytest.TempPathFactory, mvgpt_fast_check
     run = tmp_path_factory.mktemp("mvgpt_run") / "qved_finetune_tiny"
     make_training_checkpoint(mvgpt_fast_checkpoint, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def linear_kernel():
+    """The compiled low-precision linear kernel, built (a machine without a C++ compiler cannot run the packed paths)."""
+    from mobilevideogpt.model import linear_cpu, native
+
+    if linear_cpu.load_kernel() is None:
+        if native.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
+        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from mobilevideogpt.chat import VideoChat
-from mobilevideogpt.model import linear_cpu, native
 from mobilevideogpt.model.assemble import place_for_inference
 from mobilevideogpt.model.splice import splice_visual_tokens
 from mobilevideogpt.processing import VideoTextProcessor
@@ -25,12 +24,6 @@ PROMPT = "Analyze this squats video and provide corrective feedback."
 VIDEO = "squats/00093026.mp4"
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if linear_cpu.load_kernel() is None:
-        if native.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the packed paths cannot run")
-        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
 
 
 def answer_with_logits(chat: VideoChat, video, tokens: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -54,7 +47,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("bf16_weights", [True, False])
-def test_tiny_auto_matches_fp32(kernel, qwen25_tokenizer, sample_dataset_dir, bf16_weights):
+def test_tiny_auto_matches_fp32(linear_kernel, qwen25_tokenizer, sample_dataset_dir, bf16_weights):
     model = build_tiny_model(seed=0)
     if bf16_weights:
         model = model.to(torch.bfloat16).float()
@@ -69,7 +62,7 @@ def test_tiny_auto_matches_fp32(kernel, qwen25_tokenizer, sample_dataset_dir, bf
         torch.testing.assert_close(logits_auto[0], logits_fp32[0], rtol=1e-4, atol=1e-4)
 
 
-def test_tiny_int8_deviation(kernel, qwen25_tokenizer, sample_dataset_dir):
+def test_tiny_int8_deviation(linear_kernel, qwen25_tokenizer, sample_dataset_dir):
     """int8 rounds every LLM weight to a 1/254 step of its row's range. Measured on this tiny model: prefill logits
     cosine 0.99993 against fp32 and the same 8 greedy tokens (auto: cosine 1.000000; with weights that are not
     bf16-representable 0.999993, same tokens)."""
@@ -90,7 +83,7 @@ def prefill_logits(model, ids: torch.Tensor, visual: torch.Tensor) -> torch.Tens
 
 
 @pytest.mark.slow
-def test_full_size_auto_and_int8_prefill_match_fp32(kernel, qwen25_tokenizer, sample_dataset_dir):
+def test_full_size_auto_and_int8_prefill_match_fp32(linear_kernel, qwen25_tokenizer, sample_dataset_dir):
     """The published architecture with random bf16 weights: the last position's prefill logits of a real prompt
     (2402 visual tokens + text). Measured (2 cores, AVX2): cosine vs fp32 1.000000 (auto), 0.99933 (int8).
     ~3 min on 2 quiet cores (5 min on a loaded one)."""

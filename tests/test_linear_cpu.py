@@ -10,16 +10,10 @@ import time
 import pytest
 import torch
 
-from mobilevideogpt.model import linear_cpu, native
+from mobilevideogpt.model import linear_cpu
 from mobilevideogpt.model.lowp import quantize_rows
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if linear_cpu.load_kernel() is None:
-        if native.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
-        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
 
 
 def stored(n: int, k: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -36,7 +30,7 @@ def stored(n: int, k: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("k", [37, 901])  # below one 16-block, and 56 blocks + a tail of 5
 @pytest.mark.parametrize("threads", [1, 3])
-def test_kernel_computes_the_stored_weights_in_fp32(kernel, fmt, rows, k, threads, monkeypatch):
+def test_kernel_computes_the_stored_weights_in_fp32(linear_kernel, fmt, rows, k, threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     n = 300
     weight, scale, exact = stored(n, k, fmt)
@@ -51,7 +45,7 @@ def test_kernel_computes_the_stored_weights_in_fp32(kernel, fmt, rows, k, thread
     torch.testing.assert_close(no_bias.double(), x[:1].double() @ exact.T, rtol=1e-5, atol=1e-5 * k**0.5)
 
 
-def test_leading_dimensions_are_kept(kernel):
+def test_leading_dimensions_are_kept(linear_kernel):
     weight, _, exact = stored(5, 16, "bf16")
     x = torch.randn(2, 1, 16)
     out = linear_cpu.linear_lowp(x, weight)
@@ -59,7 +53,7 @@ def test_leading_dimensions_are_kept(kernel):
     torch.testing.assert_close(out.double(), x.double() @ exact.T, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_arguments_are_refused(kernel):
+def test_bad_arguments_are_refused(linear_kernel):
     weight, scale, _ = stored(4, 8, "int8")
     with pytest.raises(ValueError, match="1 to 4 rows"):
         linear_cpu.linear_lowp(torch.randn(5, 8), weight, scale)
@@ -71,7 +65,7 @@ def test_bad_arguments_are_refused(kernel):
         linear_cpu.linear_lowp(torch.randn(1, 8, dtype=torch.float64), weight, scale)
 
 
-def test_concurrent_callers_get_their_own_results(kernel, monkeypatch):
+def test_concurrent_callers_get_their_own_results(linear_kernel, monkeypatch):
     # Two Python threads inside the kernel at once (ctypes releases the GIL): one uses the pool, the other
     # computes alone; neither sees the other's job.
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -94,7 +88,7 @@ def test_concurrent_callers_get_their_own_results(kernel, monkeypatch):
     assert failures == []
 
 
-def test_a_forked_child_computes_without_the_parents_threads(kernel, monkeypatch):
+def test_a_forked_child_computes_without_the_parents_threads(linear_kernel, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's own pool, in parent and child
     weight, _, exact = stored(3000, 64, "bf16")
     x = torch.ones(1, 64)

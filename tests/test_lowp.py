@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.model import linear_cpu, native
+from mobilevideogpt.model import linear_cpu
 from mobilevideogpt.model.lowp import (
     KERNEL_ROWS,
     LowPrecisionEmbedding,
@@ -18,12 +18,6 @@ from mobilevideogpt.model.lowp import (
 from mobilevideogpt.model.tiny import build_tiny_model
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if linear_cpu.load_kernel() is None:
-        if native.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
-        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
 
 
 def test_int8_rows_are_within_half_a_step():
@@ -39,7 +33,7 @@ def test_int8_rows_are_within_half_a_step():
 
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
 @pytest.mark.parametrize("rows", [1, 3, 6, KERNEL_ROWS + 5])  # kernel, kernel in two passes, torch matmul
-def test_linear_matches_its_widened_weight(kernel, fmt, rows):
+def test_linear_matches_its_widened_weight(linear_kernel, fmt, rows):
     linear = torch.nn.Linear(96, 40)
     packed = LowPrecisionLinear.from_linear(linear, fmt, torch.float32)
     x = torch.randn(1, rows, 96)
@@ -58,7 +52,7 @@ def test_without_the_kernel_layers_widen(monkeypatch):
     torch.testing.assert_close(packed(x), expected)
 
 
-def test_packing_the_tiny_model(kernel):
+def test_packing_the_tiny_model(linear_kernel):
     model = build_tiny_model(seed=0)
     reference = {name: p.detach().clone() for name, p in model.named_parameters()}
     pack_language_model(model, "bf16")
@@ -79,7 +73,7 @@ def test_packing_the_tiny_model(kernel):
     assert torch.equal(inner.embed_tokens(ids), expected)
 
 
-def test_bf16_weights_are_packed_without_a_copy(kernel):
+def test_bf16_weights_are_packed_without_a_copy(linear_kernel):
     model = build_tiny_model(seed=0).to(torch.bfloat16)
     before = model.model.layers[0].mlp.up_proj.weight.data_ptr()
     embedding = model.model.embed_tokens.weight.data_ptr()
