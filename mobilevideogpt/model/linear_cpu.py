@@ -32,7 +32,6 @@ _WHAT = "low-precision linear kernel"
 _WEIGHT_CODES = {torch.bfloat16: 1, torch.int8: 2}
 
 
-
 def _build() -> Callable[..., int]:
     recipe = native.build_recipe(SOURCE, "linear_cpu", native.compiler())
     lib = native.build_and_load(
@@ -45,7 +44,7 @@ def _build() -> Callable[..., int]:
     return fn
 
 
-KERNEL = native.LazyKernel(lambda: _build(), "compiled low-precision linear kernel unavailable")
+KERNEL = native.LazyKernel(_build, "compiled low-precision linear kernel unavailable")
 
 
 def load_kernel() -> Optional[Callable[..., int]]:

@@ -49,7 +49,7 @@ def _build() -> Callable[..., int]:
     return fn
 
 
-KERNEL = native.LazyKernel(lambda: _build(), "compiled CPU selective scan unavailable, using PyTorch")
+KERNEL = native.LazyKernel(_build, "compiled CPU selective scan unavailable, using PyTorch")
 
 
 def load_kernel() -> Optional[Callable[..., int]]:
