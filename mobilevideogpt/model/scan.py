@@ -316,7 +316,7 @@ def selective_scan_torch(
 def _cuda_kernel(package: str) -> Optional[Callable]:
     """mamba_ssm's selective_scan_fn or causal_conv1d's causal_conv1d_fn, or None if the package does not import."""
     # The compiled extension is imported explicitly too: a CPU-only install of these sdists can import the Python
-    # package yet lack it (environment-facts: "No module named 'selective_scan_cuda'").
+    # package yet lack it (importing mamba_ssm's ops then fails with "No module named 'selective_scan_cuda'").
     try:
         if package == "mamba_ssm":
             import selective_scan_cuda  # noqa: F401
