@@ -180,7 +180,7 @@ class VideoChat:
         self.keep_video = keep_video
         self.processor = VideoTextProcessor.from_model_config(tokenizer, model.config, system_prompt)
         self.stop_token_ids = self._stop_token_ids()
-        self._prefix_ids = self._question_independent_prefix()
+        self._prefix_ids: dict[str | None, list[int]] = {}  # per system prompt (None: the chat's own)
         self._cached: _VideoPrefix | None = None
         self._cache_lock = threading.Lock()
 
@@ -233,14 +233,17 @@ class VideoChat:
         unknown = self.tokenizer.unk_token_id
         return list(dict.fromkeys(i for i in ids if i is not None and i != unknown))
 
-    def _question_independent_prefix(self) -> list[int]:
+    def question_independent_prefix(self, system_prompt: str | None = None) -> list[int]:
         """Prompt ids that every question about a video starts with: up to the video placeholder and the text
         after it that no question changes (the common start of two prompts that differ only in the question)."""
-        first, second = self.processor.prompt_ids("a"), self.processor.prompt_ids("b")
-        common = 0
-        while common < min(len(first), len(second)) and first[common] == second[common]:
-            common += 1
-        return first[:common] if IMAGE_TOKEN_INDEX in first[:common] else []
+        if system_prompt not in self._prefix_ids:
+            first = self.processor.prompt_ids("a", system=system_prompt)
+            second = self.processor.prompt_ids("b", system=system_prompt)
+            common = 0
+            while common < min(len(first), len(second)) and first[common] == second[common]:
+                common += 1
+            self._prefix_ids[system_prompt] = first[:common] if IMAGE_TOKEN_INDEX in first[:common] else []
+        return self._prefix_ids[system_prompt]
 
     def forget_video(self) -> None:
         """Drop the cached prompt prefix of the last video (its KV cache: ~60 MB at full size in fp32)."""
@@ -372,15 +375,16 @@ class VideoChat:
         finished = time.perf_counter()
 
         if self.keep_video:
-            if cached is None and self._prefix_ids and ids[: len(self._prefix_ids)] == self._prefix_ids:
+            prefix = self.question_independent_prefix(system_prompt)
+            if cached is None and prefix and ids[: len(prefix)] == prefix:
                 cached = _VideoPrefix(
                     video=inputs if isinstance(video, VideoInputs) or key is None else key,
                     path=inputs.path,
                     frame_indices=list(inputs.indices),
-                    ids=self._prefix_ids,
+                    ids=prefix,
                     visual=visual,
                     cache=cache,
-                    length=len(self._prefix_ids) - 1 + visual.shape[1],
+                    length=len(prefix) - 1 + visual.shape[1],
                 )
             if cached is not None:
                 self._keep(cached)

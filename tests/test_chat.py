@@ -108,7 +108,7 @@ def test_follow_up_reuses_the_video_prefix_and_answers_as_afresh(mvgpt_fast_chec
     follow, cached_steps = last_position_logits(chat, lambda: chat.answer(video, FOLLOW_UP, **tokens))
     visual = chat.model.config.visual_tokens_per_video
     # Everything before the question came from the cache: system prompt, header, the visual tokens, the newline.
-    assert follow.timings.cached_tokens == len(chat._prefix_ids) - 1 + visual > visual
+    assert follow.timings.cached_tokens == len(chat.question_independent_prefix()) - 1 + visual > visual
     assert follow.timings.video_decode_s == 0 and follow.frame_indices == first.frame_indices
     assert follow.video_path == first.video_path
 
@@ -151,4 +151,19 @@ def test_the_cache_serves_only_the_same_video(mvgpt_fast_checkpoint, sample_data
     assert chat.answer(frames, "Before anything: <video> what is shown?", **tokens).timings.cached_tokens == 0
     chat.answer(frames, GUIDE_PROMPT, **tokens)
     chat.forget_video()
+    assert chat.answer(frames, FOLLOW_UP, **tokens).timings.cached_tokens == 0
+
+
+def test_the_cache_keeps_to_its_system_prompt(mvgpt_fast_checkpoint, sample_dataset_dir):
+    chat = VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", dtype="fp32")
+    frames = chat.load_video(sample_dataset_dir / GUIDE_VIDEO)
+    tokens = {"max_new_tokens": 3, "min_new_tokens": 3}
+    coach = "You are a strict fitness coach."
+    chat.answer(frames, GUIDE_PROMPT, system_prompt=coach, **tokens)
+    follow = chat.answer(frames, FOLLOW_UP, system_prompt=coach, **tokens)
+    visual = chat.model.config.visual_tokens_per_video
+    assert follow.timings.cached_tokens == len(chat.question_independent_prefix(coach)) - 1 + visual
+    fresh = VideoChat(chat.model, chat.tokenizer, plan=chat.plan, keep_video=False)
+    assert follow.text == fresh.answer(frames, FOLLOW_UP, system_prompt=coach, **tokens).text
+    # The chat's own system prompt does not take that prefix (its tokens differ).
     assert chat.answer(frames, FOLLOW_UP, **tokens).timings.cached_tokens == 0

@@ -14,6 +14,7 @@ from mobilevideogpt.cli import run_command
 from mobilevideogpt.live.events import EventLog, FeedbackEvent
 from mobilevideogpt.live.labels import load_labels
 from mobilevideogpt.qved.sessions import make_sessions
+from mobilevideogpt.runtime import plan_inference
 from tests.test_live_session import frame_count, parse_srt
 
 
@@ -42,6 +43,7 @@ def test_live_writes_events_subtitles_summary_and_a_captioned_copy(mvgpt_fast_ch
     assert summary["video"] == str(video.resolve()) and summary["windows_answered"] == int(frame_count(video) / 10 / 2)
     assert summary["real_time_factor"] > 0 and summary["windows_skipped"] == 0
     assert "real-time factor" in captured.err and "window frames reused" in captured.err
+    assert f"on {plan_inference('cpu', 'auto').describe()} ..." in captured.err  # the CPU plan, as inference's
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert len(parse_srt((out / "feedback.srt").read_text())) == len(events) == summary["events"]
     assert captured.out.count("\n") == len(events)

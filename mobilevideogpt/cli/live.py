@@ -132,22 +132,21 @@ def run(args: argparse.Namespace) -> int:
 def _load_chat(args: argparse.Namespace, status):
     from ..chat import VideoChat
     from ..checkpoints import resolve_model_path
-    from ..runtime import dtype_name, resolve_device, resolve_dtype
+    from ..runtime import plan_inference
     from .common import quiet_libraries
 
     if not args.debug:
         quiet_libraries()
     source = resolve_model_path(args.model_path, args.model_base)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    plan = plan_inference(args.device, args.dtype)
     if source.note:
         status(source.note)
-    status(f"Loading {source.describe()} on {device} ({dtype_name(dtype)}) ...")
+    status(f"Loading {source.describe()} on {plan.describe()} ...")
     return VideoChat.from_pretrained(
         args.model_path,
         model_base=args.model_base,
-        device=device,
-        dtype=dtype,
+        device=args.device,
+        dtype=args.dtype,
         clip_path=args.clip_path,
         videomamba_path=args.videomamba_path,
     )
