@@ -26,23 +26,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_recipe_options(parser)
 
 
-def _percent(entry: dict) -> str:
-    return "n/a" if entry["value"] is None else f"{100 * entry['value']:.0f} % ({entry['correct']}/{entry['n']})"
-
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def before_after(report: dict) -> list[str]:
     """The demo's closing table: base vs finetuned on the held-out videos."""
+    from ..evaluation.report import format_accuracy, format_number
+
     models = {m["label"]: m["metrics"] for m in report["models"]}
     rows = [
-        ("exercise named right", lambda m: _percent(m["exercise_accuracy_base"])),
-        ("  ... and its side (left/right arm)", lambda m: _percent(m["exercise_accuracy_exact"])),
-        ("ROUGE-L", lambda m: _number(m["rouge_l"]["mean"])),
-        ("METEOR", lambda m: _number(m["meteor"]["mean"])),
+        ("exercise named right", lambda m: format_accuracy(m["exercise_accuracy_base"], digits=0)),
+        ("  ... and its side (left/right arm)", lambda m: format_accuracy(m["exercise_accuracy_exact"], digits=0)),
+        ("ROUGE-L", lambda m: format_number(m["rouge_l"]["mean"], 3)),
+        ("METEOR", lambda m: format_number(m["meteor"]["mean"], 3)),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"  {'':<{width}}  {LABELS[0]:>16}  {LABELS[1]:>16}"]

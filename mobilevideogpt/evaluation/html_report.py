@@ -13,6 +13,7 @@ from typing import Any
 
 from .plots import confusion_matrix_png, per_class_png
 from .predictions import EvalSample
+from .report import format_number
 
 THUMBNAIL_WIDTH = 160
 _STYLE = """
@@ -48,10 +49,6 @@ def first_frame_data_url(path: Path | None) -> str | None:
     return _data_url(jpeg.tobytes(), "image/jpeg") if ok else None
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _metric_table(models: list[dict[str, Any]]) -> str:
     def accuracy(entry: dict[str, Any]) -> str:
         return "n/a" if entry["value"] is None else f"{100 * entry['value']:.1f} % ({entry['correct']}/{entry['n']})"
@@ -59,11 +56,11 @@ def _metric_table(models: list[dict[str, Any]]) -> str:
     rows = [
         ("Exercise identified (exact)", lambda m: accuracy(m["metrics"]["exercise_accuracy_exact"])),
         ("Exercise identified (ignoring qualifiers)", lambda m: accuracy(m["metrics"]["exercise_accuracy_base"])),
-        ("ROUGE-L", lambda m: _fmt(m["metrics"]["rouge_l"]["mean"])),
-        ("METEOR", lambda m: _fmt(m["metrics"]["meteor"]["mean"])),
-        ("Sentence similarity (MiniLM)", lambda m: _fmt(m["metrics"]["sentence_similarity"]["mean"])),
-        ("BERTScore F1", lambda m: _fmt(m["metrics"]["bertscore_f1"]["mean"])),
-        ("Time to first token (mean, s)", lambda m: _fmt(m["throughput"]["mean_time_to_first_token_s"], 2)),
+        ("ROUGE-L", lambda m: format_number(m["metrics"]["rouge_l"]["mean"], 3)),
+        ("METEOR", lambda m: format_number(m["metrics"]["meteor"]["mean"], 3)),
+        ("Sentence similarity (MiniLM)", lambda m: format_number(m["metrics"]["sentence_similarity"]["mean"], 3)),
+        ("BERTScore F1", lambda m: format_number(m["metrics"]["bertscore_f1"]["mean"], 3)),
+        ("Time to first token (mean, s)", lambda m: format_number(m["throughput"]["mean_time_to_first_token_s"], 2)),
     ]
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(m['label'])}</th>" for m in models) + "</tr>"
     body = "".join(
@@ -108,7 +105,8 @@ def _sample_rows(report: dict[str, Any], samples: list[EvalSample], records: dic
             text = record.get("prediction") if record and record.get("status") == "ok" else None
             score = scores.get(sample.id)
             detail = (
-                f"<br><span class=context>ROUGE-L {_fmt(score['rouge_l'])} · METEOR {_fmt(score['meteor'])}</span>"
+                f"<br><span class=context>ROUGE-L {format_number(score['rouge_l'], 3)} · "
+                f"METEOR {format_number(score['meteor'], 3)}</span>"
                 if score
                 else ""
             )

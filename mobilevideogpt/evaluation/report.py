@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,14 +208,25 @@ def build_report(
     }
 
 
-def _fmt(value: float | None, digits: int = 4, unit: str = "") -> str:
+def format_number(value: float | None, digits: int = 4, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
 
-def _fmt_accuracy(entry: dict[str, Any]) -> str:
+def format_accuracy(entry: dict[str, Any], digits: int = 1) -> str:
+    """An accuracy entry ({value, correct, n}) as "83.3 % (30/36)"."""
     if entry["value"] is None:
         return "n/a"
-    return f"{100 * entry['value']:.1f} % ({entry['correct']}/{entry['n']})"
+    return f"{100 * entry['value']:.{digits}f} % ({entry['correct']}/{entry['n']})"
+
+
+def _mean_or_skipped(metric: str) -> Callable[[dict[str, Any]], str]:
+    """A row cell for a metric that runs only when its model is available."""
+
+    def cell(model: dict[str, Any]) -> str:
+        mean = model["metrics"][metric]["mean"]
+        return "skipped" if mean is None else format_number(mean)
+
+    return cell
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -231,36 +243,22 @@ def render_markdown(report: dict[str, Any]) -> str:
             "Samples: answered / failed / pending",
             lambda m: f"{m['samples']['ok']} / {m['samples']['failed']} / {m['samples']['pending']}",
         ),
-        row("Exercise identified (exact)", lambda m: _fmt_accuracy(m["metrics"]["exercise_accuracy_exact"])),
+        row("Exercise identified (exact)", lambda m: format_accuracy(m["metrics"]["exercise_accuracy_exact"])),
         row(
-            "Exercise identified (ignoring qualifiers)", lambda m: _fmt_accuracy(m["metrics"]["exercise_accuracy_base"])
+            "Exercise identified (ignoring qualifiers)", lambda m: format_accuracy(m["metrics"]["exercise_accuracy_base"])
         ),
-        row("ROUGE-L (F)", lambda m: _fmt(m["metrics"]["rouge_l"]["mean"])),
-        row(report["meteor_variant"], lambda m: _fmt(m["metrics"]["meteor"]["mean"])),
-        row(
-            "BERTScore F1",
-            lambda m: (
-                _fmt(m["metrics"]["bertscore_f1"]["mean"])
-                if m["metrics"]["bertscore_f1"]["mean"] is not None
-                else "skipped"
-            ),
-        ),
-        row(
-            "Sentence similarity (MiniLM)",
-            lambda m: (
-                _fmt(m["metrics"]["sentence_similarity"]["mean"])
-                if m["metrics"]["sentence_similarity"]["mean"] is not None
-                else "skipped"
-            ),
-        ),
-        row("Time to first token (mean)", lambda m: _fmt(m["throughput"]["mean_time_to_first_token_s"], 2, " s")),
-        row("Decode speed (mean per video)", lambda m: _fmt(m["throughput"]["mean_decode_tokens_per_s"], 1, " tok/s")),
-        row("Generation throughput", lambda m: _fmt(m["throughput"]["tokens_per_s"], 1, " tok/s")),
+        row("ROUGE-L (F)", lambda m: format_number(m["metrics"]["rouge_l"]["mean"])),
+        row(report["meteor_variant"], lambda m: format_number(m["metrics"]["meteor"]["mean"])),
+        row("BERTScore F1", _mean_or_skipped("bertscore_f1")),
+        row("Sentence similarity (MiniLM)", _mean_or_skipped("sentence_similarity")),
+        row("Time to first token (mean)", lambda m: format_number(m["throughput"]["mean_time_to_first_token_s"], 2, " s")),
+        row("Decode speed (mean per video)", lambda m: format_number(m["throughput"]["mean_decode_tokens_per_s"], 1, " tok/s")),
+        row("Generation throughput", lambda m: format_number(m["throughput"]["tokens_per_s"], 1, " tok/s")),
         row(
             "Latency per video (mean / median)",
             lambda m: (
-                f"{_fmt(m['throughput']['mean_latency_s'], 2, ' s')} / "
-                f"{_fmt(m['throughput']['median_latency_s'], 2, ' s')}"
+                f"{format_number(m['throughput']['mean_latency_s'], 2, ' s')} / "
+                f"{format_number(m['throughput']['median_latency_s'], 2, ' s')}"
             ),
         ),
         row(
@@ -304,8 +302,8 @@ def _per_class_markdown(models: list[dict[str, Any]]) -> list[str]:
                   "|---|---|---|---|---|---|"]
         for name, entry in m["per_class"].items():
             lines.append(
-                f"| {name} | {entry['n']} | {_fmt_accuracy(entry['exercise_accuracy'])} | {_fmt(entry['rouge_l'])} | "
-                f"{_fmt(entry['meteor'])} | {_fmt(entry['sentence_similarity'])} |"
+                f"| {name} | {entry['n']} | {format_accuracy(entry['exercise_accuracy'])} | {format_number(entry['rouge_l'])} | "
+                f"{format_number(entry['meteor'])} | {format_number(entry['sentence_similarity'])} |"
             )
         lines.append("")
     return lines
