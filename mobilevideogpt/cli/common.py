@@ -47,6 +47,22 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
     parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
 
 
+def load_chat(args: argparse.Namespace, status: Callable[[str], None], source, plan, **options):
+    """Say what loads on which plan, then load it as a VideoChat from the options of `add_model_options`."""
+    from ..chat import VideoChat
+
+    status(f"Loading {source.describe()} on {plan.describe()} ...")
+    return VideoChat.from_pretrained(
+        args.model_path,
+        model_base=args.model_base,
+        device=args.device,
+        dtype=args.dtype,
+        clip_path=args.clip_path,
+        videomamba_path=args.videomamba_path,
+        **options,
+    )
+
+
 def quiet_libraries() -> None:
     """Keep output to our own lines: no weight-loading bars or library deprecation chatter."""
     import transformers

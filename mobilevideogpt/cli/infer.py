@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from .common import add_model_options, quiet_libraries
+from .common import add_model_options, load_chat, quiet_libraries
 
 HELP = "answer a prompt about one video (the guide's `python inference.py`)"
 DESCRIPTION = (
@@ -104,7 +104,6 @@ def _questions(first: str, interactive: bool, ask: Callable[[], str | None]) -> 
 def run(args: argparse.Namespace) -> int:
     if not args.debug:
         quiet_libraries()
-    from ..chat import VideoChat
     from ..checkpoints import resolve_model_path
     from ..data.video import VideoDecodeError, load_video_inputs
     from ..model.assemble import load_model_config
@@ -132,16 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise VideoDecodeError(err.path, f"{err.reason}; check --video_path (it must be a readable video file)") from err
     decode_s = time.perf_counter() - started
 
-    status(f"Loading {source.describe()} on {plan.describe()} ...")
-    chat = VideoChat.from_pretrained(
-        args.model_path,
-        model_base=args.model_base,
-        device=args.device,
-        dtype=args.dtype,
-        clip_path=args.clip_path,
-        videomamba_path=args.videomamba_path,
-        quantize=args.quantize,
-    )
+    chat = load_chat(args, status, source, plan, quantize=args.quantize)
     streaming = args.stream and not args.json
     model_info = {**source.to_dict(), "device": str(plan.device), "dtype": dtype_name(plan.llm_dtype), "plan": plan.to_dict()}
 

@@ -130,10 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_chat(args: argparse.Namespace, status):
-    from ..chat import VideoChat
     from ..checkpoints import resolve_model_path
     from ..runtime import plan_inference
-    from .common import quiet_libraries
+    from .common import load_chat, quiet_libraries
 
     if not args.debug:
         quiet_libraries()
@@ -141,15 +140,7 @@ def _load_chat(args: argparse.Namespace, status):
     plan = plan_inference(args.device, args.dtype)
     if source.note:
         status(source.note)
-    status(f"Loading {source.describe()} on {plan.describe()} ...")
-    return VideoChat.from_pretrained(
-        args.model_path,
-        model_base=args.model_base,
-        device=args.device,
-        dtype=args.dtype,
-        clip_path=args.clip_path,
-        videomamba_path=args.videomamba_path,
-    )
+    return load_chat(args, status, source, plan)
 
 
 def _session(args: argparse.Namespace, chat, source, out: Path, status) -> int:
