@@ -74,3 +74,21 @@ def linear_kernel():
         if native.compiler() is None:
             pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
         pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
+    """The README's main job, `mvgpt demo`, run once per session as a new user runs it (minutes): (DEMO_DIR, its
+    stdout, the environment it ran with). Fails with the demo's output when it fails. Read-only."""
+    import os
+    import subprocess
+
+    mvgpt = shutil.which("mvgpt")
+    assert mvgpt, "the `mvgpt` command is not installed: run the set-up command"
+    demo = tmp_path_factory.mktemp("quick_start") / "demo"
+    env = {**os.environ, "DEMO_DIR": str(demo), "MASTER_PORT": str(29700 + os.getpid() % 200),
+           "TOKENIZERS_PARALLELISM": "false", "REPORT_TO": "none"}  # fmt: skip
+    run = subprocess.run([mvgpt, "demo"], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                         text=True, timeout=1500)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return demo, run.stdout, env

@@ -120,7 +120,7 @@ def make_sessions(
     if not force and not is_writable_output(out):
         raise FileExistsError(
             f"{out} already holds data that is not synthetic; refusing to write sessions into it (choose another "
-            "folder, or force)"
+            "folder)"
         )
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
