@@ -63,7 +63,7 @@ def _sessions(args: argparse.Namespace) -> int:
         raise ValueError(f"--sessions must be at least 1, got {args.sessions}")
     if args.force:
         raise ValueError("--force adds the clip sample beside other data; sessions go only into an empty folder or "
-                         "one of earlier synthetic sessions (choose another --out)")
+                         "one holding earlier synthetic sessions (choose another --out)")
     labels = make_sessions(args.out or DEFAULT_SESSIONS_OUT, count=args.sessions, seed=args.seed)
     print(f"wrote {args.sessions} synthetic workout session(s) to {labels.parent}; their feedback times: {labels}")
     return 0
