@@ -116,22 +116,33 @@ def test_convert_windows_and_the_inference_alias(sessions_file, tmp_path, capsys
     assert alias.returncode == 0 and alias.stdout.startswith("usage: inference.py --live") and "--stride" in alias.stdout
 
 
-def test_sample_data_writes_sessions_and_never_into_other_data(tmp_path, capsys):
+def test_sample_data_writes_sessions_and_never_replaces_other_files(tmp_path, capsys):
     out = tmp_path / "sessions"
     assert mvgpt("sample-data", "--sessions", 2, "--seed", 3, "--out", out) == 0
     sessions = load_labels(out / "sessions.json")
     assert [s.video.name for s in sessions] == ["session_00.mp4", "session_01.mp4"]
     assert all(len(s.feedback) == 3 and s.feedback[0].time == 0 for s in sessions)
     assert str(out / "sessions.json") in capsys.readouterr().out
-    assert mvgpt("sample-data", "--sessions", 1, "--seed", 4, "--out", out) == 0  # an earlier synthetic folder: rewritten
-    assert len(load_labels(out / "sessions.json")) == 1
+    # Rewritten with fewer sessions: the earlier run's extra video goes, it is listed nowhere any more.
+    assert mvgpt("sample-data", "--sessions", 1, "--seed", 4, "--out", out) == 0
+    assert len(load_labels(out / "sessions.json")) == 1 and not (out / "session_01.mp4").exists()
+    # A session video changed since (a user's own recording) is never replaced, even in the synthetic folder.
+    (out / "session_00.mp4").write_bytes(b"my own video")
+    assert mvgpt("sample-data", "--sessions", 1, "--out", out) == 1
+    assert "session_00.mp4" in one_error_line(capsys.readouterr().err)
+    assert (out / "session_00.mp4").read_bytes() == b"my own video"
 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "session_00.mp4").write_bytes(b"my own video")
     assert mvgpt("sample-data", "--sessions", 1, "--out", mine) == 1
-    assert str(mine) in one_error_line(capsys.readouterr().err)
-    assert mvgpt("sample-data", "--sessions", 1, "--out", mine, "--force") == 1
     assert "--force" in one_error_line(capsys.readouterr().err)
-    assert (mine / "session_00.mp4").read_bytes() == b"my own video"
+    assert mvgpt("sample-data", "--sessions", 1, "--out", mine, "--force") == 1
+    assert "session_00.mp4" in one_error_line(capsys.readouterr().err)
     assert [p.name for p in mine.iterdir()] == ["session_00.mp4"]
+    assert (mine / "session_00.mp4").read_bytes() == b"my own video"
+    (mine / "notes.txt").write_text("mine")
+    (mine / "session_00.mp4").rename(mine / "workout.mp4")
+    assert mvgpt("sample-data", "--sessions", 1, "--out", mine, "--force") == 0  # beside the user's files
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "workout.mp4").read_bytes() == b"my own video"
+    assert [s.video.name for s in load_labels(mine / "sessions.json")] == ["session_00.mp4"]

@@ -61,9 +61,6 @@ def _sessions(args: argparse.Namespace) -> int:
 
     if args.sessions < 1:
         raise ValueError(f"--sessions must be at least 1, got {args.sessions}")
-    if args.force:
-        raise ValueError("--force adds the clip sample beside other data; sessions go only into an empty folder or "
-                         "one holding earlier synthetic sessions (choose another --out)")
-    labels = make_sessions(args.out or DEFAULT_SESSIONS_OUT, count=args.sessions, seed=args.seed)
+    labels = make_sessions(args.out or DEFAULT_SESSIONS_OUT, count=args.sessions, seed=args.seed, force=args.force)
     print(f"wrote {args.sessions} synthetic workout session(s) to {labels.parent}; their feedback times: {labels}")
     return 0

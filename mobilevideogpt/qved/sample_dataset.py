@@ -248,6 +248,32 @@ def _still_ours(out: Path, relpath: str, written: dict[str, str]) -> bool:
     return relpath in written and path.is_file() and not path.is_symlink() and file_sha256(path) == written[relpath]
 
 
+def claim_targets(out: Path, targets: list[str], command: str, suffix: str = ".mp4") -> None:
+    """Make way in `out` for the files `targets` (paths relative to it) before a generator writes them.
+
+    Raises FileExistsError, writing nothing, when one is in the way and was not written by an earlier run (or
+    changed since). Then deletes the `suffix` files an earlier run wrote that are not targets any more (unchanged
+    ones only), so that no unlisted leftovers stay behind. Call `record_written` once the targets are written."""
+    written_before = _files_written_before(out)
+    in_the_way = [t for t in targets if (out / t).exists() or (out / t).is_symlink()]
+    foreign = [t for t in in_the_way if not _still_ours(out, t, written_before)]
+    if foreign:
+        listed = ", ".join(str(out / t) for t in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"{listed} exist and were not written by {command} (or changed since); nothing was written: choose "
+            "another --out, or move those files away"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for relpath in written_before:
+        if relpath.endswith(suffix) and relpath not in targets and _still_ours(out, relpath, written_before):
+            (out / relpath).unlink()
+
+
+def record_written(out: Path, targets: list[str]) -> None:
+    """Record the files just written (with their hashes): the only files a later run may replace."""
+    write_json(out / WRITTEN_RECORD, {t: file_sha256(out / t) for t in targets})
+
+
 def make_sample_dataset(
     out: str | os.PathLike = "dataset",
     seed: int = DEFAULT_SEED,
@@ -273,21 +299,8 @@ def make_sample_dataset(
             f"(choose another --out, or pass --force to add the sample files beside it: no existing file is replaced)"
         )
     specs = plan_videos(seed, videos_per_exercise)
-    written_before = _files_written_before(out)
     targets = [spec.relpath for spec in specs] + [README_NAME, "ground_truth.json", "manifest.json", SPLIT_FILES["train"]]
-    in_the_way = [t for t in targets if (out / t).exists() or (out / t).is_symlink()]
-    foreign = [t for t in in_the_way if not _still_ours(out, t, written_before)]
-    if foreign:
-        listed = ", ".join(str(out / t) for t in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise FileExistsError(
-            f"{listed} exist and were not written by sample-data (or changed since); nothing was written: choose "
-            "another --out, or move those files away"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    # Videos of an earlier sample with another seed would otherwise stay behind, unlisted.
-    for relpath in written_before:
-        if relpath.endswith(".mp4") and relpath not in targets and _still_ours(out, relpath, written_before):
-            (out / relpath).unlink()
+    claim_targets(out, targets, "sample-data")
     records, manifest = [], {}
     for spec_index, spec in enumerate(specs):
         class_index = QVED_EXERCISES.index(spec.exercise_class)
@@ -301,5 +314,5 @@ def make_sample_dataset(
     short = sum(spec.num_frames < 16 for spec in specs)
     log(f"wrote {len(specs)} synthetic videos ({short} shorter than 16 frames) to {out}")
     convert(out, log=log, generic_prompt_ratio=generic_prompt_ratio)
-    write_json(out / WRITTEN_RECORD, {t: file_sha256(out / t) for t in targets})
+    record_written(out, targets)
     return specs

@@ -23,10 +23,13 @@ from ..live.labels import Feedback, labels_json
 from . import QVED_EXERCISES
 from .sample_dataset import (
     FEEDBACK,
+    README_NAME,
     SYNTHETIC_MARKER,
     SampleVideoSpec,
+    claim_targets,
     is_writable_output,
     label_record,
+    record_written,
     render_frames,
     write_video,
 )
@@ -114,22 +117,28 @@ def make_sessions(
     size: tuple[int, int] = (160, 120),
     force: bool = False,
 ) -> Path:
-    """Write `count` sessions and their labels into `out`; returns the label file. Refuses a folder holding
-    other data unless `force` (raises FileExistsError)."""
+    """Write `count` sessions and their labels into `out`; returns the label file.
+
+    Refuses a folder holding other data unless `force`; even then, no file it did not write (or that changed since
+    it wrote it) is replaced: FileExistsError, nothing written. Session videos of an earlier run into `out` that
+    this run does not rewrite (a smaller `count`) are removed if unchanged (`sample_dataset.claim_targets`)."""
     out = Path(out)
     if not force and not is_writable_output(out):
         raise FileExistsError(
             f"{out} already holds data that is not synthetic; refusing to write sessions into it (choose another "
-            "folder)"
+            "folder, or --force to add them beside it: no existing file is replaced)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    names = [f"session_{number:02d}" for number in range(count)]
+    targets = [f"{name}.mp4" for name in names] + [README_NAME, LABELS_FILE]
+    claim_targets(out, targets, "sample-data --sessions")
     rng = np.random.default_rng(seed)
     labels = {}
-    for number in range(count):
-        spec = plan_session(f"session_{number:02d}", rng, num_segments, segment_s, fps, size)
+    for name in names:
+        spec = plan_session(name, rng, num_segments, segment_s, fps, size)
         write_video(out / f"{spec.name}.mp4", render_session(spec, rng), spec.fps)
         labels[f"{spec.name}.mp4"] = spec.labels()
-    (out / "README.txt").write_text(README_TEXT, encoding="utf-8")
+    (out / README_NAME).write_text(README_TEXT, encoding="utf-8")
     target = out / LABELS_FILE
     target.write_text(json.dumps(labels_json(labels), indent=2) + "\n", encoding="utf-8")
+    record_written(out, targets)
     return target
