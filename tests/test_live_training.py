@@ -2,18 +2,19 @@
 
 Synthetic workouts → window samples → the demo's finetuned model merged and finetuned again on them → `mvgpt
 live` on held-out workouts, before (the clip model) and after (the window model), scored by `mvgpt eval --live`.
+The `mvgpt` commands run in-process as the front-end runs them (each subprocess would pay ~8 s of imports); the
+finetune runs as the guide's script.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from mobilevideogpt.cli import run_command
 from mobilevideogpt.evaluation.metrics import base_exercise, exercise_of
 from mobilevideogpt.live.defaults import DEFAULT_WINDOW_S
 from mobilevideogpt.live.labels import load_labels
@@ -28,11 +29,8 @@ WINDOW_RECIPE = {
 }  # fmt: skip
 
 
-def _run(command: list, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(part) for part in command], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-    assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+def mvgpt(command: str, *argv) -> None:
+    assert run_command(command, [str(a) for a in argv]) == 0, (command, argv)
 
 
 def _lags(events: list[dict], changes: list) -> list[float]:
@@ -49,35 +47,35 @@ def _lags(events: list[dict], changes: list) -> list[float]:
 @pytest.mark.slow
 def test_the_demo_model_trained_on_window_samples_finds_the_exercise_changes(demo_run, tmp_path):
     demo, _, demo_env = demo_run
-    mvgpt = shutil.which("mvgpt")
-    env = {**demo_env, "MASTER_PORT": str(int(demo_env["MASTER_PORT"]) + 1)}
     clip_model = demo / "qved_finetune_tiny"
-
-    _run([mvgpt, "sample-data", "--sessions", 6, "--seed", 5, "--out", tmp_path / "sessions"], env)
-    _run([sys.executable, "utils/qved_from_fine_labels.py", "--windows",
-          "--labels", tmp_path / "sessions" / "sessions.json", "--output-dir", tmp_path / "dataset"], env)  # fmt: skip
-    _run([mvgpt, "merge", "--model_path", clip_model, "--out", tmp_path / "clip-merged"], env)
+    mvgpt("sample-data", "--sessions", 6, "--seed", 5, "--out", tmp_path / "sessions")
+    windows = tmp_path / "dataset"
+    mvgpt("convert", "--windows", "--labels", tmp_path / "sessions" / "sessions.json", "--output-dir", windows)
+    mvgpt("merge", "--model_path", clip_model, "--out", tmp_path / "clip-merged")
     window_model = tmp_path / "live_finetune"
-    _run(["bash", "scripts/finetune_qved.sh"], {
-        **env, **WINDOW_RECIPE, "MODEL": str(tmp_path / "clip-merged"), "OUTPUT_DIR": str(window_model),
-        "DATASET": str(tmp_path / "dataset" / "qved_windows_train.json"), "DATASET_VAL": "",
-    })  # fmt: skip
+    finetune = subprocess.run(["bash", "scripts/finetune_qved.sh"], cwd=REPO, capture_output=True, text=True, env={
+        **demo_env, **WINDOW_RECIPE, "MASTER_PORT": str(int(demo_env["MASTER_PORT"]) + 1), "DATASET_VAL": "",
+        "MODEL": str(tmp_path / "clip-merged"), "DATASET": str(windows / "qved_windows_train.json"),
+        "OUTPUT_DIR": str(window_model),
+    }, timeout=900)  # fmt: skip
+    assert finetune.returncode == 0, finetune.stdout[-3000:] + finetune.stderr[-3000:]
     assert (window_model / "checkpoint-final" / "COMPLETE").is_file()
 
     labels = tmp_path / "heldout" / "sessions.json"
-    _run([mvgpt, "sample-data", "--sessions", 2, "--seed", 11, "--out", labels.parent], env)
+    mvgpt("sample-data", "--sessions", 2, "--seed", 11, "--out", labels.parent)
     sessions = load_labels(labels)
     lags, scores = {}, {}
     for name, model in (("clip", clip_model), ("window", window_model)):
         lags[name] = []
         for session in sessions:
             out = tmp_path / name / session.video.stem
-            _run([mvgpt, "live", "--model_path", model, "--video_path", session.video, "--out", out], env)
+            mvgpt("live", "--model_path", model, "--video_path", session.video, "--out", out)
             events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
             lags[name] += _lags(events, session.feedback[1:])
-        report = _run([mvgpt, "eval", "--live", "--predictions", *(tmp_path / name).iterdir(), "--references", labels,
-                       "--output_dir", tmp_path / f"{name}_report", "--json"], env)  # fmt: skip
-        scores[name] = json.loads(report.stdout)["pooled"]
+        report = tmp_path / f"{name}_report"
+        predictions = sorted((tmp_path / name).iterdir())
+        mvgpt("eval", "--live", "--predictions", *predictions, "--references", labels, "--output_dir", report)
+        scores[name] = json.loads((report / "live_report.json").read_text())["pooled"]
 
     # Every change of exercise is found: an event naming the new exercise within one window after it ...
     assert all(lag <= DEFAULT_WINDOW_S for lag in lags["window"]), lags

@@ -79,4 +79,3 @@ def test_quick_start_learns_to_name_the_exercise(demo_run):
     result = json.loads(answer.stdout)
     assert result["finish_reason"] == "stop" and result["text"].strip()
     assert result["model"]["checkpoint"].endswith("checkpoint-final")
-
