@@ -24,8 +24,6 @@ PROMPT = "Analyze this squats video and provide corrective feedback."
 VIDEO = "squats/00093026.mp4"
 
 
-
-
 def answer_with_logits(chat: VideoChat, video, tokens: int) -> tuple[list[int], list[torch.Tensor]]:
     """Greedy token ids of an answer and the logits of each step (the prefill's last position first)."""
     steps = []

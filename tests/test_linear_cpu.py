@@ -14,8 +14,6 @@ from mobilevideogpt.model import linear_cpu
 from mobilevideogpt.model.lowp import quantize_rows
 
 
-
-
 def stored(n: int, k: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(weight as stored, scale or None, the exact fp64 matrix those represent)."""
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))

@@ -18,8 +18,6 @@ from mobilevideogpt.model.lowp import (
 from mobilevideogpt.model.tiny import build_tiny_model
 
 
-
-
 def test_int8_rows_are_within_half_a_step():
     w = torch.randn(50, 33)
     w[7] = 0.0  # an all-zero row has scale 0 and stays zero

@@ -108,13 +108,14 @@ def pair_predictions(
     return pairs
 
 
-def _figure(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def render_markdown(
     rows: list[ScoredSession], pooled: LiveScore, tolerance: float, meteor_label: str, unscored: list[str]
 ) -> str:
+    from ..evaluation.report import format_number
+
+    def _figure(value: float | None, digits: int = 3) -> str:
+        return format_number(value, digits)
+
     lines = [
         "# Live feedback: T-F-Score and text quality of time-matched feedback",
         "",

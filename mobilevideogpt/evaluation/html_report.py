@@ -13,7 +13,7 @@ from typing import Any
 
 from .plots import confusion_matrix_png, per_class_png
 from .predictions import EvalSample
-from .report import format_number
+from .report import format_accuracy, format_number
 
 THUMBNAIL_WIDTH = 160
 _STYLE = """
@@ -50,12 +50,9 @@ def first_frame_data_url(path: Path | None) -> str | None:
 
 
 def _metric_table(models: list[dict[str, Any]]) -> str:
-    def accuracy(entry: dict[str, Any]) -> str:
-        return "n/a" if entry["value"] is None else f"{100 * entry['value']:.1f} % ({entry['correct']}/{entry['n']})"
-
     rows = [
-        ("Exercise identified (exact)", lambda m: accuracy(m["metrics"]["exercise_accuracy_exact"])),
-        ("Exercise identified (ignoring qualifiers)", lambda m: accuracy(m["metrics"]["exercise_accuracy_base"])),
+        ("Exercise identified (exact)", lambda m: format_accuracy(m["metrics"]["exercise_accuracy_exact"])),
+        ("Exercise identified (ignoring qualifiers)", lambda m: format_accuracy(m["metrics"]["exercise_accuracy_base"])),
         ("ROUGE-L", lambda m: format_number(m["metrics"]["rouge_l"]["mean"], 3)),
         ("METEOR", lambda m: format_number(m["metrics"]["meteor"]["mean"], 3)),
         ("Sentence similarity (MiniLM)", lambda m: format_number(m["metrics"]["sentence_similarity"]["mean"], 3)),

@@ -248,12 +248,12 @@ def _still_ours(out: Path, relpath: str, written: dict[str, str]) -> bool:
     return relpath in written and path.is_file() and not path.is_symlink() and file_sha256(path) == written[relpath]
 
 
-def claim_targets(out: Path, targets: list[str], command: str, suffix: str = ".mp4") -> None:
+def claim_targets(out: Path, targets: list[str], command: str) -> None:
     """Make way in `out` for the files `targets` (paths relative to it) before a generator writes them.
 
     Raises FileExistsError, writing nothing, when one is in the way and was not written by an earlier run (or
-    changed since). Then deletes the `suffix` files an earlier run wrote that are not targets any more (unchanged
-    ones only), so that no unlisted leftovers stay behind. Call `record_written` once the targets are written."""
+    changed since). Then deletes the videos an earlier run wrote that are not targets any more (unchanged ones
+    only), so that no unlisted leftovers stay behind. Call `record_written` once the targets are written."""
     written_before = _files_written_before(out)
     in_the_way = [t for t in targets if (out / t).exists() or (out / t).is_symlink()]
     foreign = [t for t in in_the_way if not _still_ours(out, t, written_before)]
@@ -265,7 +265,7 @@ def claim_targets(out: Path, targets: list[str], command: str, suffix: str = ".m
         )
     out.mkdir(parents=True, exist_ok=True)
     for relpath in written_before:
-        if relpath.endswith(suffix) and relpath not in targets and _still_ours(out, relpath, written_before):
+        if relpath.endswith(".mp4") and relpath not in targets and _still_ours(out, relpath, written_before):
             (out / relpath).unlink()
 
 
