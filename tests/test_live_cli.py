@@ -146,3 +146,10 @@ def test_sample_data_writes_sessions_and_never_replaces_other_files(tmp_path, ca
     assert mvgpt("sample-data", "--sessions", 1, "--out", mine, "--force") == 0  # beside the user's files
     assert (mine / "notes.txt").read_text() == "mine" and (mine / "workout.mp4").read_bytes() == b"my own video"
     assert [s.video.name for s in load_labels(mine / "sessions.json")] == ["session_00.mp4"]
+
+
+def test_sessions_leave_a_sample_dataset_in_the_same_folder_whole(sample_dataset_copy, capsys):
+    videos = sorted(sample_dataset_copy.glob("*/*.mp4"))
+    assert mvgpt("sample-data", "--sessions", 1, "--out", sample_dataset_copy) == 1
+    assert "README.txt" in one_error_line(capsys.readouterr().err)
+    assert sorted(sample_dataset_copy.glob("*/*.mp4")) == videos and not (sample_dataset_copy / "sessions.json").exists()

@@ -35,7 +35,8 @@ FRAME_RATES = (10, 12, 15, 24, 25, 30)
 GUIDE_EXAMPLE_NAMES = {"tricep_stretch": "00002012", "squats": "00093026"}
 # Files that do not count as "existing data" when deciding whether the output folder may be written.
 _IGNORABLE = {".gitkeep", ".DS_Store"}
-# What a run wrote ({relative path: SHA-256}): the only files a later run may replace.
+# What a run wrote ({relative path: SHA-256}): the only files a later run may replace. One record per generator,
+# so that one never replaces or removes what another wrote into the same folder.
 WRITTEN_RECORD = ".sample_dataset_files.json"
 
 # Per exercise: the name used in the labels, and (short label, descriptive feedback) for each of the 5 videos.
@@ -233,10 +234,10 @@ def is_writable_output(out: Path) -> bool:
     return all(entry.name in _IGNORABLE for entry in out.iterdir())
 
 
-def _files_written_before(out: Path) -> dict[str, str]:
+def _files_written_before(out: Path, record_name: str) -> dict[str, str]:
     """{relative path: SHA-256} of the files an earlier run wrote into `out` ({} when there is no record)."""
     try:
-        record = json.loads((out / WRITTEN_RECORD).read_text(encoding="utf-8"))
+        record = json.loads((out / record_name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in record.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(record, dict) else {}
@@ -248,13 +249,14 @@ def _still_ours(out: Path, relpath: str, written: dict[str, str]) -> bool:
     return relpath in written and path.is_file() and not path.is_symlink() and file_sha256(path) == written[relpath]
 
 
-def claim_targets(out: Path, targets: list[str], command: str) -> None:
-    """Make way in `out` for the files `targets` (paths relative to it) before a generator writes them.
+def claim_targets(out: Path, targets: list[str], command: str, record_name: str = WRITTEN_RECORD) -> None:
+    """Make way in `out` for the files `targets` (paths relative to it) before a generator writes them; the
+    generator's earlier runs are those listed in its `record_name`.
 
     Raises FileExistsError, writing nothing, when one is in the way and was not written by an earlier run (or
     changed since). Then deletes the videos an earlier run wrote that are not targets any more (unchanged ones
     only), so that no unlisted leftovers stay behind. Call `record_written` once the targets are written."""
-    written_before = _files_written_before(out)
+    written_before = _files_written_before(out, record_name)
     in_the_way = [t for t in targets if (out / t).exists() or (out / t).is_symlink()]
     foreign = [t for t in in_the_way if not _still_ours(out, t, written_before)]
     if foreign:
@@ -269,9 +271,9 @@ def claim_targets(out: Path, targets: list[str], command: str) -> None:
             (out / relpath).unlink()
 
 
-def record_written(out: Path, targets: list[str]) -> None:
+def record_written(out: Path, targets: list[str], record_name: str = WRITTEN_RECORD) -> None:
     """Record the files just written (with their hashes): the only files a later run may replace."""
-    write_json(out / WRITTEN_RECORD, {t: file_sha256(out / t) for t in targets})
+    write_json(out / record_name, {t: file_sha256(out / t) for t in targets})
 
 
 def make_sample_dataset(
