@@ -1,7 +1,8 @@
 """Mobile-VideoGPT: an efficient video-language model and its QVED finetuning pipeline.
 
 Importing the package registers "MobileVideoGPT_qwen" with transformers' `AutoConfig` and
-`AutoModelForCausalLM` (imports only; no model is built and nothing is downloaded).
+`AutoModelForCausalLM` as soon as transformers is imported (before or after this package), and nothing heavy
+before then: `import mobilevideogpt` loads neither torch nor transformers, so `mvgpt --help` answers at once.
 
 The library's entry points, imported on first use:
 
@@ -12,7 +13,10 @@ The library's entry points, imported on first use:
 The applications over it are the `mvgpt` command (`mobilevideogpt.cli`) and the QVED code (`mobilevideogpt.qved`).
 """
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 from importlib import import_module
 
 # OpenMP threads that spin while they wait for work hold their core; when another process needs that core too (a
@@ -22,12 +26,12 @@ from importlib import import_module
 # first `import torch`; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .model import MobileVideoGPTQwenConfig, MobileVideoGPTQwenForCausalLM  # noqa: E402  (after the setting above)
-
 __version__ = "0.1.0"
 
 # name → module that defines it; loaded lazily so `import mobilevideogpt` stays light.
 _LAZY = {
+    "MobileVideoGPTQwenConfig": ".model",
+    "MobileVideoGPTQwenForCausalLM": ".model",
     "VideoChat": ".chat",
     "ChatResult": ".chat",
     "Timings": ".chat",
@@ -36,10 +40,42 @@ _LAZY = {
     "merge_checkpoint": ".export",
 }
 
-__all__ = ["MobileVideoGPTQwenConfig", "MobileVideoGPTQwenForCausalLM", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _register_auto_classes() -> None:
+    import_module(".model", __name__)  # its import registers the Auto classes
+
+
+class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):
+    """Registers the Auto classes right after `transformers` finishes importing, so `import mobilevideogpt,
+    transformers; transformers.AutoModelForCausalLM.from_pretrained(DIR)` works without importing torch and
+    transformers here (≈ 6 s of a `mvgpt --help` on 2 loaded cores) before they are needed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            loader_exec(module)
+            _register_auto_classes()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "transformers" in sys.modules:
+    _register_auto_classes()
+else:
+    sys.meta_path.insert(0, _RegisterAfterTransformers())

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..checkpoints import file_sha256
@@ -167,6 +166,8 @@ def plan_videos(
 def render_frames(spec: SampleVideoSpec, class_index: int) -> list[np.ndarray]:
     """BGR frames: an exercise-coloured background, a 'body' circle moving along an exercise-specific path,
     a static 'floor' bar and a progress bar, so every frame differs and motion differs per exercise."""
+    import cv2  # here, not at module level: `mvgpt sample-data --help` reads this module's defaults
+
     width, height = spec.width, spec.height
     hue = (int(180 * class_index / len(QVED_EXERCISES)) + spec.hue_shift) % 180
     background = cv2.cvtColor(np.uint8([[[hue, 90, 200]]]), cv2.COLOR_HSV2BGR)[0, 0].tolist()
@@ -191,6 +192,8 @@ def render_frames(spec: SampleVideoSpec, class_index: int) -> list[np.ndarray]:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import cv2
+
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     if not writer.isOpened():
