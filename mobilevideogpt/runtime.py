@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 
@@ -99,13 +100,36 @@ def cpuinfo_flags(text: str) -> frozenset[str]:
     return frozenset()
 
 
+# Edits of the detected flags, e.g. "-bf16" (the AVX2 plan on a CPU with bf16 units) or "+bf16" (the bf16 plan on
+# one without: torch then emulates bf16 matrix products, slowly but with bf16's rounding — for tests, not for speed).
+CPU_FEATURES_ENV = "MVGPT_CPU_FEATURES"
+FLAG_GROUPS = {"bf16": BF16_MATMUL_FLAGS}
+
+
+def edit_flags(flags: frozenset[str], edits: str) -> frozenset[str]:
+    """Apply `edits` ("+flag" adds, "-flag" removes; "bf16" stands for every bf16 matrix-unit flag), separated by
+    commas or spaces, to `flags`."""
+    result = set(flags)
+    for edit in edits.replace(",", " ").split():
+        sign, name = edit[0], edit[1:]
+        if sign not in "+-" or not name:
+            raise ValueError(
+                f"{CPU_FEATURES_ENV}={edits!r}: {edit!r} is not +FLAG or -FLAG (e.g. -bf16 hides the bf16 units)"
+            )
+        names = FLAG_GROUPS.get(name, (name,))
+        result.update(names) if sign == "+" else result.difference_update(names)
+    return frozenset(result)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> CpuFeatures:
+    """This CPU's features, with the edits of $MVGPT_CPU_FEATURES applied (read once per process)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             flags = cpuinfo_flags(f.read())
     except OSError:
         flags = frozenset()
+    flags = edit_flags(flags, os.environ.get(CPU_FEATURES_ENV, ""))
     return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags)
 
 

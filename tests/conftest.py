@@ -65,6 +65,26 @@ def mvgpt_trained_run(tmp_path_factory: pytest.TempPathFactory, mvgpt_fast_check
     return run
 
 
+CPU_PLANS = {"avx2": "-bf16", "bf16": "+bf16"}  # plan name -> $MVGPT_CPU_FEATURES edit that selects it
+
+
+@pytest.fixture
+def cpu_plan(monkeypatch):
+    """`cpu_plan("avx2")` / `cpu_plan("bf16")`: the CPU inference plan of a CPU without / with bf16 matrix units,
+    whatever this one has (on a CPU without them, torch emulates the bf16 products: slow, but bf16's rounding).
+    The whole suite can run under one plan with `MVGPT_CPU_FEATURES=-bf16 pytest` (or `+bf16`)."""
+    from mobilevideogpt import runtime
+
+    def use(name: str) -> str:
+        monkeypatch.setenv(runtime.CPU_FEATURES_ENV, CPU_PLANS[name])
+        runtime.cpu_features.cache_clear()
+        return name
+
+    yield use
+    monkeypatch.undo()
+    runtime.cpu_features.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def linear_kernel():
     """The compiled low-precision linear kernel, built (a machine without a C++ compiler cannot run the packed paths)."""
