@@ -98,8 +98,9 @@ def linear_kernel():
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
-    """The README's main job, `mvgpt demo`, run once per session as a new user runs it (minutes): (DEMO_DIR, its
-    stdout, the environment it ran with). Fails with the demo's output when it fails. Read-only."""
+    """The README's main job, `mvgpt demo`, run once per session as a new user runs it (minutes): (DEMO_DIR, all it
+    printed — stdout, then stderr —, the environment it ran with). Fails with the demo's output when it fails.
+    Read-only."""
     import os
     import subprocess
 
@@ -111,4 +112,4 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]
     run = subprocess.run([mvgpt, "demo"], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
                          text=True, timeout=1500)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return demo, run.stdout, env
+    return demo, run.stdout + run.stderr, env

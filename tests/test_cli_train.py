@@ -70,3 +70,19 @@ def test_a_second_run_into_the_same_folder_is_refused_before_launching(capsys, t
         code = run_command("train", ["--output-dir", str(folder / "run"), "--ds-config", args[-1]])
         assert_one_line_error(code, capsys.readouterr().err, "not writable")
     assert "--overwrite" in run_script("--help").stdout
+
+
+def test_the_launcher_logs_errors_only_unless_verbose():
+    quiet = run_script("--dry-run").stdout.strip().splitlines()[-1]
+    assert "--log_level error" in quiet and "--activation_checkpointing" in quiet and "--gradient_checkpointing" not in quiet
+    assert "--log_level info" in run_script("--dry-run", "-v").stdout.strip().splitlines()[-1]
+
+
+def test_cpu_ranks_are_told_their_accelerator_and_threads_and_a_users_setting_wins():
+    from mobilevideogpt.train.launch import VERBOSE_ENV, rank_environment
+
+    cpu = rank_environment({}, on_gpu=False, ranks_per_node=os.cpu_count() or 1, verbose=False)
+    assert cpu["DS_ACCELERATOR"] == "cpu" and cpu["OMP_NUM_THREADS"] == "1" and VERBOSE_ENV not in cpu
+    mine = rank_environment({"OMP_NUM_THREADS": "7"}, on_gpu=False, ranks_per_node=1, verbose=True)
+    assert mine["OMP_NUM_THREADS"] == "7" and mine[VERBOSE_ENV] == "1"
+    assert "DS_ACCELERATOR" not in rank_environment({}, on_gpu=True, ranks_per_node=2, verbose=False)

@@ -122,6 +122,12 @@ def set_slider(page, elem_id: str, value: float) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+    # The page sends the slider's state, not the box's text: a request sent before the state took the value ran
+    # with the old one (CI once got temperature 0 and greedy whitespace).
+    page.wait_for_function(
+        "([id, value]) => Number(document.querySelector(`#${id} input[type=range]`).value) === value",
+        arg=[elem_id, value],
+    )
 
 
 def sampled_generation(page, max_new_tokens: int) -> None:

@@ -74,7 +74,7 @@ def trainer_args(checkpoint: Path, annotation: Path, out: Path, *extra: str) -> 
         "--lr_scheduler_type", "constant",
         "--logging_steps", "1",
         "--model_max_length", "128",
-        "--gradient_checkpointing", "True",
+        "--activation_checkpointing", "True",
         "--dataloader_num_workers", "0",
         "--report_to", "none",
         "--seed", "7",

@@ -73,6 +73,30 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def hide_benign_library_messages() -> None:
+    """Hide the libraries' messages every run prints that say nothing about this one (`mvgpt train -v` shows them).
+
+    - accelerate's "Gradient accumulation steps mismatch: GradientAccumulationPlugin has 1, DeepSpeed config has N":
+      the Trainer gives accelerate 1 on purpose and DeepSpeed accumulates the N steps (transformers
+      `Trainer.create_accelerator_and_postprocess`);
+    - peft reads the deprecated `is_gradient_checkpointing` property when it wraps the model (FutureWarning);
+    - DeepSpeed's "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it." from
+      every process that imports it without a GPU (transformers does, to save a model)."""
+    logging.getLogger("DeepSpeed").addFilter(_DropMessages("Setting accelerator to CPU"))
+    logging.getLogger("accelerate.accelerator").addFilter(_DropMessages("Gradient accumulation steps mismatch"))
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Failures a command reports in one line: bad input, unusable files, unloadable models."""
     from ..data.video import VideoDecodeError
@@ -95,8 +119,11 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command: expected failures become one `error: …` line and exit 1; `--debug` shows tracebacks."""
+    """Run a command: expected failures become one `error: …` line and exit 1; `--debug` shows tracebacks.
+    Known-benign library messages stay hidden unless the command's `--verbose` or `--debug` asks for everything."""
     debug = getattr(args, "debug", False)
+    if not (debug or getattr(args, "verbose", False)):
+        hide_benign_library_messages()
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -56,6 +56,10 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and the launch command, then exit")
     parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show the launcher's, DeepSpeed's and the libraries' routine messages (hidden by default)",
+    )
+    parser.add_argument(
         "--rank-args",
         action="store_true",
         help="print only the flags each rank gets, for torchrun or SLURM (`-m mobilevideogpt.cli.train_rank FLAGS`)",
@@ -96,7 +100,7 @@ def trainer_arguments(
         "--model_max_length", values["MAXLEN"],
         "--save_steps", values["SAVE_STEPS"],
         "--warmup_steps", values["WARMUP"],
-        "--gradient_checkpointing", values["GRAD_CKPT"],
+        "--activation_checkpointing", values["GRAD_CKPT"],
         "--report_to", values["REPORT_TO"],
         *FIXED_TRAINER_ARGS,
     ]
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     """Resolve the recipe, print it, and run (or, with --dry-run, show) the launch."""
     from ..checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT, read_marker, read_run_id
-    from ..train.launch import launcher_command, supervise
+    from ..train.launch import launcher_command, rank_environment, supervise
     from ..train.run_folder import check_run_folder
 
     values = resolve_settings(vars(args), os.environ, demo=demo_mode)
@@ -139,7 +143,8 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     precision = values["PRECISION"] if values["PRECISION"] != AUTO else default_precision
     trainer_args = trainer_arguments(values, args.resume, gpus > 0, precision, args.overwrite) + list(args.trainer_args)
     command = launcher_command(
-        trainer_args, num_gpus=num_gpus, hostfile=values["HOSTFILE"] or None, master_port=int(values["MASTER_PORT"])
+        trainer_args, num_gpus=num_gpus, hostfile=values["HOSTFILE"] or None, master_port=int(values["MASTER_PORT"]),
+        verbose=args.verbose,
     )
     if args.rank_args:
         print(shlex.join(trainer_args))
@@ -166,7 +171,7 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     # The ranks claim the folder; checking here first fails before DeepSpeed starts and any model loads.
     check_run_folder(values["OUTPUT_DIR"], resume=args.resume, overwrite=args.overwrite)
     started = time.time()
-    status = supervise(command)
+    status = supervise(command, rank_environment(dict(os.environ), on_gpu=gpus > 0, ranks_per_node=num_gpus, verbose=args.verbose))
     if status != 0:
         print(f"error: training failed (exit status {status}); see the log above", file=sys.stderr)
         return status

@@ -18,8 +18,8 @@ import time
 import warnings
 
 from ..errors import one_line
-from ..train.launch import SUPERVISOR_ENV, process_running
-from .common import expected_errors
+from ..train.launch import SUPERVISOR_ENV, VERBOSE_ENV, process_running
+from .common import expected_errors, hide_benign_library_messages
 
 _WATCH_INTERVAL_S = 1.0
 
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity_warning()
     # DeepSpeed 0.19 still calls collectives that torch 2.13 deprecates; one warning per call floods the log.
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    if os.environ.get(VERBOSE_ENV) != "1":
+        hide_benign_library_messages()
     try:
         run(model_args, data_args, training_args)
     except (*expected_errors(), ResumeError, UnusableDataError) as err:

@@ -20,7 +20,7 @@ from ..config import resolve_datasets
 from ..data.collator import VideoSFTCollator
 from ..data.dataset import SupervisedVideoDataset
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .model_setup import load_model_for_training, trainable_summary
+from .model_setup import fill_unset_pad_token, load_model_for_training, trainable_summary
 from .plots import plot_loss_curve
 from .run_folder import claim_run_folder
 from .trainer import MobileVideoGPTTrainer
@@ -105,6 +105,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Tra
     # TrainingArguments exist before the model: with a ZeRO-3 config, transformers then builds it partitioned.
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     model = load_model_for_training(model_args, training_args)
+    fill_unset_pad_token(model, tokenizer)
     if training_args.should_log:
         logger.info("trainable parameters:\n%s", trainable_summary(model))
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 RANK_MODULE = "mobilevideogpt.cli.train_rank"
 # "host:pid" of the supervisor; ranks on that host stop when it is gone (see `cli/train_rank.py`).
 SUPERVISOR_ENV = "MVGPT_SUPERVISOR"
+# Set to "1" by `mvgpt train --verbose`: the ranks then show the libraries' known-benign messages too.
+VERBOSE_ENV = "MVGPT_VERBOSE"
 # How long the ranks get to exit after SIGTERM before they are killed.
 TERMINATE_GRACE_S = 10.0
 
@@ -31,13 +33,32 @@ def launcher_command(
     hostfile: str | None = None,
     master_port: int = 29500,
     python: str = sys.executable,
+    verbose: bool = False,
 ) -> list[str]:
-    """The DeepSpeed launcher command that runs `RANK_MODULE trainer_args` on `num_gpus` ranks or a hostfile's nodes."""
+    """The DeepSpeed launcher command that runs `RANK_MODULE trainer_args` on `num_gpus` ranks or a hostfile's nodes.
+
+    Unless `verbose`, the launcher logs errors only: its INFO lines and the "Unable to find hostfile" warning of every
+    single-node run are the launcher's bookkeeping, not the training's."""
     where = ["--hostfile", hostfile] if hostfile else ["--num_gpus", str(num_gpus or 1)]
     return [
         python, "-m", "deepspeed.launcher.runner", *where, "--master_port", str(master_port),
-        "--module", RANK_MODULE, *trainer_args,
+        "--log_level", "info" if verbose else "error", "--module", RANK_MODULE, *trainer_args,
     ]
+
+
+def rank_environment(environ: dict[str, str], *, on_gpu: bool, ranks_per_node: int, verbose: bool) -> dict[str, str]:
+    """The launcher's environment: what the ranks would otherwise guess (and warn about) is said outright.
+
+    On CPU, DeepSpeed is told its accelerator (it warns "Setting accelerator to CPU" in every process when it has to
+    detect it) and each rank gets its share of the cores as OMP_NUM_THREADS (accelerate sets the same when it is
+    unset, with a warning). A value the user set is kept."""
+    env = dict(environ)
+    if not on_gpu:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(ranks_per_node, 1))))
+    if verbose:
+        env[VERBOSE_ENV] = "1"
+    return env
 
 
 def supervise(command: Sequence[str], env: dict[str, str] | None = None) -> int:

@@ -20,6 +20,18 @@ from .arguments import ModelArguments, TrainingArguments
 LLM_LORA_TARGETS = r".*model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 
+def fill_unset_pad_token(model, tokenizer) -> None:
+    """Give the model the tokenizer's pad token when its config declares none (Qwen2.5's does not).
+
+    The Trainer would do the same, with a warning that something differs; an unset id differs from nothing."""
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        return
+    for config in (model.config.get_text_config(), getattr(model, "generation_config", None)):
+        if config is not None and config.pad_token_id is None:
+            config.pad_token_id = pad
+
+
 def training_dtype(training_args: TrainingArguments) -> torch.dtype:
     if training_args.bf16:
         return torch.bfloat16
@@ -54,9 +66,9 @@ def load_model_for_training(model_args: ModelArguments, training_args: TrainingA
         base = model.get_base_model() if training_args.lora_enable else model
         for projector in base.model.projectors:
             projector.requires_grad_(True)
-    if training_args.gradient_checkpointing and not training_args.gradient_checkpointing_kwargs:
+    if training_args.activation_checkpointing and not training_args.activation_checkpointing_kwargs:
         # Non-reentrant checkpointing needs no input-grad hooks and works with frozen embeddings.
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
     return model
 
 
