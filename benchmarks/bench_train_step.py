@@ -23,6 +23,7 @@ from mobilevideogpt.model.configuration import MobileVideoGPTQwenConfig
 from mobilevideogpt.runtime import resolve_device, resolve_dtype
 from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
 from mobilevideogpt.model.tiny import tiny_config
+from mobilevideogpt.train.memory import GIB, TrainingShape, estimate_training_memory, model_sizes
 from mobilevideogpt.train.model_setup import LLM_LORA_TARGETS
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     config = MobileVideoGPTQwenConfig.published() if args.full_size else tiny_config()
+    before_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.manual_seed(0)
     model = MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype)
     model.requires_grad_(False)
@@ -72,18 +74,30 @@ def main() -> None:
         if step:
             times.append(time.perf_counter() - start)
 
+    # train/memory.py's estimate of the same step (peft's default LoRA dropout is 0); on CPU plus the RSS the
+    # interpreter and libraries held before the model existed.
+    shape = TrainingShape(
+        batch=args.batch, text_tokens=args.text_len - 1, supervised_tokens=args.text_len - args.text_len // 2,
+        lora_r=args.lora_r, lora_dropout=0.0, precision="fp32" if dtype == torch.float32 else "bf16",
+        activation_checkpointing=True,
+    )  # fmt: skip
+    estimate = estimate_training_memory(model_sizes(config), shape, cuda=False).total
     if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA max allocated)"
+        peak = f"{torch.cuda.max_memory_allocated(device) / GIB:.2f} GiB (CUDA max allocated)"
         where = torch.cuda.get_device_name(device)
     else:
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak RSS)"
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB:.2f} GiB (peak RSS)"
+        estimate += before_model
         where = f"CPU, {torch.get_num_threads()} threads"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     seq = args.text_len - 1 + config.visual_tokens_per_video
     print(f"{'full-size 0.5B' if args.full_size else 'tiny'} Mobile-VideoGPT, {dtype}, {where}")
-    print("| batch | sequence | trainable params | median step (s) | peak memory |")
-    print("|------:|---------:|-----------------:|----------------:|-------------|")
-    print(f"| {args.batch:5d} | {seq:8d} | {trainable:16,} | {statistics.median(times):15.3f} | {peak} |")
+    print("| batch | sequence | trainable params | median step (s) | peak memory | estimate |")
+    print("|------:|---------:|-----------------:|----------------:|-------------|---------:|")
+    print(
+        f"| {args.batch:5d} | {seq:8d} | {trainable:16,} | {statistics.median(times):15.3f} | {peak} "
+        f"| {estimate / GIB:.2f} GiB |"
+    )
 
 
 def sync(device: torch.device) -> None:

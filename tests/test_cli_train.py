@@ -86,3 +86,24 @@ def test_cpu_ranks_are_told_their_accelerator_and_threads_and_a_users_setting_wi
     mine = rank_environment({"OMP_NUM_THREADS": "7"}, on_gpu=False, ranks_per_node=1, verbose=True)
     assert mine["OMP_NUM_THREADS"] == "7" and mine[VERBOSE_ENV] == "1"
     assert "DS_ACCELERATOR" not in rank_environment({}, on_gpu=True, ranks_per_node=2, verbose=False)
+
+
+def test_the_recipe_printout_estimates_the_memory_of_a_rank_and_says_what_to_change(sample_dataset_dir, monkeypatch):
+    from mobilevideogpt.cli import train_memory
+    from mobilevideogpt.qved.recipe import resolve_settings
+    from mobilevideogpt.train.memory import GIB
+
+    values = resolve_settings({}, {"DATASET": str(sample_dataset_dir / "qved_train.json")})
+    monkeypatch.setattr(train_memory, "_device_memory", lambda gpus: ("NVIDIA GeForce RTX 4070 Laptop GPU", 8 * GIB))
+    lines = train_memory.memory_report(values, gpus=1, precision="bf16", ranks=1)
+    assert lines[0].startswith("  memory per rank   ~") and "logits" in lines[0] and "activations" in lines[0]
+    assert "its longest sample:" in lines[1]  # read from the data, not MAXLEN
+    roomy = train_memory.memory_report({**values, "BATCH": "1"}, gpus=1, precision="bf16", ranks=1)
+    assert not [line for line in roomy if line.startswith("warning:")], roomy
+
+    tight = train_memory.memory_report({**values, "BATCH": "64", "GRAD_CKPT": "False"}, gpus=1, precision="bf16", ranks=1)
+    warning = tight[-1]
+    assert warning.startswith("warning:") and "exceeds the 8.0 GiB of NVIDIA GeForce RTX 4070" in warning, tight
+    assert "GRAD_CKPT=True" in warning and "BATCH=" in warning
+    unknown = train_memory.memory_report({**values, "MODEL": "someone/not-here"}, gpus=1, precision="bf16", ranks=1)
+    assert unknown == ["  memory per rank   unknown: no configuration of someone/not-here on this machine"]

@@ -134,6 +134,7 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     from ..checkpoints import COMPLETE_MARKER, FINAL_CHECKPOINT, read_marker, read_run_id
     from ..train.launch import launcher_command, rank_environment, supervise
     from ..train.run_folder import check_run_folder
+    from .train_memory import memory_report
 
     values = resolve_settings(vars(args), os.environ, demo=demo_mode)
     if values["DATASET_VAL"] == AUTO:
@@ -163,6 +164,7 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
   DeepSpeed         {values['DS_CONFIG']}, {where}, {precision}""",
         flush=True,
     )
+    print("\n".join(memory_report(values, gpus, precision, num_gpus)), flush=True)
     if args.dry_run:
         print(shlex.join(command))
         return 0
