@@ -41,7 +41,8 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype, device)
     config = MobileVideoGPTQwenConfig.published() if args.full_size else tiny_config()
     torch.manual_seed(0)
-    model = stage3_model(MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype), args.lora_r, 2 * args.lora_r)
+    model = MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype)
+    model = stage3_model(model, args.lora_r, 2 * args.lora_r)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     inputs = random_batch(config, args.batch, args.text_len, device)
 
