@@ -241,14 +241,15 @@ def start_busy(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 
 
-def spawn(args, path: str, video: Path) -> dict:
+def spawn(args, path: str, video: Path, timeout: float | None = None) -> dict:
+    """Run one path in a child process (at most `timeout` seconds: subprocess.TimeoutExpired past it)."""
     command = [sys.executable, __file__, "--child", path, "--video", str(video), "--device", args.device,
                "--new-tokens", str(args.new_tokens)] + (["--full-size"] if args.full_size else [])  # fmt: skip
     env = dict(os.environ)
     if args.omp_wait_policy:
         # An empty value is kept by the project (the user "set" it) and ignored by libgomp: its own default.
         env["OMP_WAIT_POLICY"] = "" if args.omp_wait_policy == "unset" else args.omp_wait_policy
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"path {path} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

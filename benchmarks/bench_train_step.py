@@ -44,29 +44,15 @@ def main() -> None:
     before_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.manual_seed(0)
     model = MobileVideoGPTQwenForCausalLM(config).to(device=device, dtype=dtype)
-    model.requires_grad_(False)
-    model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=LLM_LORA_TARGETS))
-    for projector in model.get_base_model().model.projectors:
-        projector.requires_grad_(True)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    model = stage3_model(model, args.lora_r, 2 * args.lora_r)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    ids = torch.randint(0, 150_000, (args.batch, args.text_len), device=device)
-    ids[:, args.text_len // 4] = IMAGE_TOKEN_INDEX
-    labels = ids.clone()
-    labels[:, : args.text_len // 2] = IGNORE_INDEX
-    frames = config.num_frames
-    size = config.clip_vision().image_size
-    images = torch.randn(args.batch, frames, 3, size, size, device=device)
-    context = torch.randn(args.batch, frames, 3, size, size, device=device)
+    inputs = random_batch(config, args.batch, args.text_len, device)
 
     times = []
     for step in range(args.steps + 1):
         sync(device)
         start = time.perf_counter()
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, images=images,
-                     context_images=context).loss
+        loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -98,6 +84,36 @@ def main() -> None:
         f"| {args.batch:5d} | {seq:8d} | {trainable:16,} | {statistics.median(times):15.3f} | {peak} "
         f"| {estimate / GIB:.2f} GiB |"
     )
+
+
+def stage3_model(model: torch.nn.Module, lora_r: int, lora_alpha: int, lora_dropout: float = 0.0) -> torch.nn.Module:
+    """What trains in Stage 3 (as `train/model_setup.py` sets it up): LoRA on the LLM's linear layers, both
+    projectors in full, everything else frozen; non-reentrant gradient checkpointing on, training mode."""
+    model.config.use_cache = False
+    model.requires_grad_(False)
+    lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=LLM_LORA_TARGETS,
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    for projector in model.get_base_model().model.projectors:
+        projector.requires_grad_(True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
+
+
+def random_batch(config, batch: int, text_len: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """`batch` samples of `text_len` random text tokens (one video placeholder, the second half supervised) and
+    random 16-frame videos for both towers: the model's keyword arguments."""
+    ids = torch.randint(0, 150_000, (batch, text_len), device=device)
+    ids[:, text_len // 4] = IMAGE_TOKEN_INDEX
+    labels = ids.clone()
+    labels[:, : text_len // 2] = IGNORE_INDEX
+    frames = config.num_frames
+    size = config.clip_vision().image_size
+    images = torch.randn(batch, frames, 3, size, size, device=device)
+    context = torch.randn(batch, frames, 3, size, size, device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "images": images,
+            "context_images": context}
 
 
 def sync(device: torch.device) -> None:

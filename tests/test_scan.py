@@ -688,3 +688,15 @@ def test_causal_conv1d_dispatch_on_cuda(monkeypatch):
     out = causal_conv1d(x.cuda(), w.cuda(), b.cuda(), activation="silu")
     assert out.dtype == torch.float32
     assert rel_err(out.cpu(), ref) <= 1e-5
+
+
+def test_scan_route_names_the_path_selective_scan_takes(monkeypatch):
+    x = make_inputs(dim=16, seqlen=32, dstate=8)
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert scan.scan_route(**x) == "torch"
+    monkeypatch.setenv(BACKEND_ENV, "auto")
+    with torch.no_grad():
+        assert scan.scan_route(**x) == ("cpp" if scan_cpu.load_kernel() is not None else "torch")
+    assert scan.scan_route(**{k: v.requires_grad_() for k, v in x.items()}) == "torch"  # the compiled kernel has no backward
+    conv_x, w, _ = conv_inputs(dim=16, seqlen=32)
+    assert scan.conv_route(conv_x, w) == "torch"  # CPU tensors: no CUDA kernel

@@ -336,6 +336,50 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def scan_route(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+) -> str:
+    """Which implementation ``selective_scan`` runs for these inputs: "mamba_ssm" (the CUDA kernel), "cpp" (the
+    compiled CPU kernel) or "torch" (the pure-PyTorch fast path). Raises what ``selective_scan`` raises when
+    ``$MOBILEVIDEOGPT_SCAN_BACKEND`` = cpp cannot run them."""
+    backend = scan_backend()
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if backend == "cpp":
+        if u.device.type != "cpu":
+            raise RuntimeError(f"{BACKEND_ENV}=cpp runs CPU tensors only, got {u.device}; use auto or torch")
+        if _compute_dtype(*tensors) != torch.float32:
+            raise RuntimeError(f"{BACKEND_ENV}=cpp computes in fp32 only; fp64 inputs need auto or torch")
+        if _needs_grad(*tensors):
+            raise RuntimeError(
+                f"{BACKEND_ENV}=cpp is forward-only but a gradient is needed here; use auto or torch, "
+                "or run under torch.no_grad()"
+            )
+        return "cpp"
+    if backend == "auto":
+        if (
+            u.is_cuda
+            and u.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            and A.shape[1] <= 256
+            and _cuda_kernel("mamba_ssm") is not None
+        ):
+            return "mamba_ssm"
+        if (
+            u.device.type == "cpu"
+            and _compute_dtype(*tensors) == torch.float32
+            and not _needs_grad(*tensors)
+            and scan_cpu.load_kernel() is not None
+        ):
+            return "cpp"
+    return "torch"
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -360,42 +404,20 @@ def selective_scan(
         upstream, does not.
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    backend = scan_backend()
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
-    if backend == "cpp":
-        if u.device.type != "cpu":
-            raise RuntimeError(f"{BACKEND_ENV}=cpp runs CPU tensors only, got {u.device}; use auto or torch")
-        if _compute_dtype(*tensors) != torch.float32:
-            raise RuntimeError(f"{BACKEND_ENV}=cpp computes in fp32 only; fp64 inputs need auto or torch")
-        if _needs_grad(*tensors):
-            raise RuntimeError(
-                f"{BACKEND_ENV}=cpp is forward-only but a gradient is needed here; use auto or torch, "
-                "or run under torch.no_grad()"
-            )
+    route = scan_route(u, delta, A, B, C, D, z, delta_bias)
+    if route == "mamba_ssm":
+        # The CUDA kernel wants delta/B/C/z in u's dtype and A/D/delta_bias in fp32.
+        dt = u.dtype
+        return _cuda_kernel("mamba_ssm")(
+            u, delta.to(dt), A.float(), B.to(dt), C.to(dt),
+            D=None if D is None else D.float(),
+            z=None if z is None else z.to(dt),
+            delta_bias=None if delta_bias is None else delta_bias.float(),
+            delta_softplus=delta_softplus,
+            return_last_state=return_last_state,
+        )
+    if route == "cpp":
         return scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend == "auto":
-        if u.is_cuda and u.dtype in (torch.float32, torch.float16, torch.bfloat16) and A.shape[1] <= 256:
-            kernel = _cuda_kernel("mamba_ssm")
-            if kernel is not None:
-                # The CUDA kernel wants delta/B/C/z in u's dtype and A/D/delta_bias in fp32.
-                dt = u.dtype
-                return kernel(
-                    u, delta.to(dt), A.float(), B.to(dt), C.to(dt),
-                    D=None if D is None else D.float(),
-                    z=None if z is None else z.to(dt),
-                    delta_bias=None if delta_bias is None else delta_bias.float(),
-                    delta_softplus=delta_softplus,
-                    return_last_state=return_last_state,
-                )
-        if (
-            u.device.type == "cpu"
-            and _compute_dtype(*tensors) == torch.float32
-            and not _needs_grad(*tensors)
-            and scan_cpu.load_kernel() is not None
-        ):
-            return scan_cpu.selective_scan_cpu(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
-            )
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
@@ -476,21 +498,28 @@ def causal_conv1d(
         (batch, D, L) in x's dtype: the conv over the left-zero-padded sequence, so out[t] sees x[<= t] only.
     """
     weight = _check_conv_inputs(x, weight, bias, activation)
+    if conv_route(x, weight) == "causal_conv1d":
+        if x.stride(2) != 1 and x.stride(1) != 1:
+            x = x.contiguous()
+        # Recent causal_conv1d builds require weight and bias in x's dtype.
+        return _cuda_kernel("causal_conv1d")(
+            x,
+            weight.to(x.dtype).contiguous(),
+            None if bias is None else bias.to(x.dtype).contiguous(),
+            activation=activation,
+        )
+    return causal_conv1d_torch(x, weight, bias, activation)
+
+
+def conv_route(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """Which implementation ``causal_conv1d`` runs for x (batch, D, L) and a (D, W) weight: "causal_conv1d" (the
+    CUDA kernel) or "torch"."""
     if (
         scan_backend() == "auto"
         and x.is_cuda
         and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        and 2 <= weight.shape[1] <= 4
+        and 2 <= weight.shape[-1] <= 4
+        and _cuda_kernel("causal_conv1d") is not None
     ):
-        kernel = _cuda_kernel("causal_conv1d")
-        if kernel is not None:
-            if x.stride(2) != 1 and x.stride(1) != 1:
-                x = x.contiguous()
-            # Recent causal_conv1d builds require weight and bias in x's dtype.
-            return kernel(
-                x,
-                weight.to(x.dtype).contiguous(),
-                None if bias is None else bias.to(x.dtype).contiguous(),
-                activation=activation,
-            )
-    return causal_conv1d_torch(x, weight, bias, activation)
+        return "causal_conv1d"
+    return "torch"
