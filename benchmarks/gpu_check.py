@@ -226,6 +226,7 @@ def child_train(args) -> dict:
     import deepspeed
 
     from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
+    from mobilevideogpt.train.memory import TrainingShape, estimate_training_memory, model_sizes
 
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     config = bench_inference.model_config(not args.tiny_cpu)
@@ -237,7 +238,11 @@ def child_train(args) -> dict:
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     inputs = bench_train_step.random_batch(config, args.batch, args.text_len, device)
     result = {"batch": args.batch, "sequence": args.text_len - 1 + config.visual_tokens_per_video,
-              "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in trainable)}
+              "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in trainable),
+              "estimate_gib": gib(estimate_training_memory(model_sizes(config), TrainingShape(
+                  batch=args.batch, text_tokens=args.text_len - 1, supervised_tokens=args.text_len - args.text_len // 2,
+                  lora_r=LORA_R, lora_dropout=LORA_DROPOUT, precision="bf16" if cuda else "fp32",
+                  activation_checkpointing=True), cuda=False).total)}  # fmt: skip
     times = []
     try:
         for step in range(args.steps + 1):
@@ -310,7 +315,8 @@ def train_row(args, batch: int) -> dict:
     if "peak_rss_gib" in r:  # --tiny-cpu
         return row(check, "ok", f"{r['step_s']:.2f} s/step, peak RSS {r['peak_rss_gib']:.2f} GiB", details, **r)
     return row(check, "ok", f"{r['step_s']:.2f} s/step, peak {r['peak_allocated_gib']:.2f} GiB allocated / "
-               f"{r['peak_reserved_gib']:.2f} GiB reserved (of {r['total_gib']:.1f})", details, **r)
+               f"{r['peak_reserved_gib']:.2f} GiB reserved (of {r['total_gib']:.1f}; estimated "
+               f"{r['estimate_gib']:.2f} allocated)", details, **r)
 
 
 def decode_row(args) -> dict:

@@ -335,6 +335,35 @@ def test_lora_targets_only_llm_linear_layers():
     assert len(targeted) == 7 * model.config.num_hidden_layers
 
 
+def test_backward_stays_out_of_the_frozen_towers_under_lora_and_checkpointing(tmp_path):
+    """PEFT and activation checkpointing ask the model to make its inputs require grad; only the token embeddings
+    do, so the frozen CLIP and VideoMamba towers keep nothing for backward, while LoRA and the projectors train."""
+    from mobilevideogpt.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from mobilevideogpt.model.tiny import save_tiny_checkpoint, fast_geometry
+    from mobilevideogpt.train.arguments import ModelArguments, TrainingArguments
+    from mobilevideogpt.train.model_setup import load_model_for_training
+
+    base = save_tiny_checkpoint(tmp_path / "base", seed=0, **fast_geometry())
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none", lora_r=4, lora_alpha=8)
+    model = load_model_for_training(ModelArguments(model_name_or_path=str(base)), args)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    towers = model.get_base_model().model
+    tower_outputs = []
+    for tower in (towers.image_vision_tower, towers.vision_tower):
+        tower.register_forward_hook(lambda module, inputs, output: tower_outputs.append(output))
+    ids = torch.tensor([[5, 6, IMAGE_TOKEN_INDEX, 7, 8, 9, 10]])
+    labels = torch.where(ids == IMAGE_TOKEN_INDEX, IGNORE_INDEX, ids)
+    images, context = (torch.randn(1, 4, 3, 112, 112) for _ in range(2))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, images=images,
+          context_images=context).loss.backward()  # fmt: skip
+    flat = [t for out in tower_outputs for t in (out if isinstance(out, (tuple, list)) else [out]) if torch.is_tensor(t)]
+    assert len(flat) >= 2 and not any(t.requires_grad for t in flat)
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("lora_" in n for n in trained) and any("mm_projector" in n for n in trained)
+    assert all(p.grad is None for n, p in model.named_parameters() if "vision_tower" in n)
+
+
 def test_loss_curve_png(tmp_path):
     history = [{"step": i, "loss": 3.0 / i} for i in range(1, 6)] + [{"step": 5, "eval_loss": 0.9}]
     path = plot_loss_curve(history, tmp_path / "loss.png")
