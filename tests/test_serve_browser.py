@@ -119,15 +119,27 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
 
 
 def set_slider(page, elem_id: str, value: float) -> None:
+    """Type `value` into a slider's box until the slider's state holds it.
+
+    The page sends the state, not the box's text, and a value typed while the page is still setting the slider up
+    is lost (CI once asked at temperature 0 and got greedy whitespace; a later run waited a minute for a value that
+    never came), so it is typed again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    # The page sends the slider's state, not the box's text: a request sent before the state took the value ran
-    # with the old one (CI once got temperature 0 and greedy whitespace).
-    page.wait_for_function(
-        "([id, value]) => Number(document.querySelector(`#${id} input[type=range]`).value) === value",
-        arg=[elem_id, value],
-    )
+    for _ in range(10):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            page.wait_for_function(
+                "([id, value]) => Number(document.querySelector(`#${id} input[type=range]`).value) === value",
+                arg=[elem_id, value],
+                timeout=3000,
+            )
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the {elem_id} slider never took the value {value}")
 
 
 def sampled_generation(page, max_new_tokens: int) -> None:

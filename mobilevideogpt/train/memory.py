@@ -21,7 +21,7 @@ against the tensors a real Qwen2 decoder layer with LoRA saves for backward, `te
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GIB = 1024**3
 # CUDA context and allocator slack that `torch.cuda.max_memory_allocated` does not see.
@@ -193,8 +193,6 @@ def estimate_training_memory(sizes: ModelSizes, shape: TrainingShape, cuda: bool
 
 def largest_fitting_batch(sizes: ModelSizes, shape: TrainingShape, budget_bytes: int, cuda: bool = True) -> int:
     """The largest per-rank batch (≥ 0) whose estimate fits `budget_bytes`, the rest of `shape` unchanged."""
-    from dataclasses import replace
-
     batch = 0
     while batch < 1024 and estimate_training_memory(sizes, replace(shape, batch=batch + 1), cuda).total <= budget_bytes:
         batch += 1
