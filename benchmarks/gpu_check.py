@@ -1,6 +1,6 @@
 """One prepared check of the project on a CUDA GPU, printed as one markdown table (random weights throughout).
 
-    python benchmarks/gpu_check.py                  # on a CUDA machine: ~4-6 min on one H100, installs nothing
+    python benchmarks/gpu_check.py                  # on a CUDA machine (expected 4-6 min on one H100, not yet run), installs nothing
     python benchmarks/gpu_check.py --quick          # on CPU: the GPU rows skip; small scan (what the test runs)
     python benchmarks/gpu_check.py --json out.json  # also write the table's rows as JSON
 
