@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import warnings
@@ -83,6 +84,7 @@ class _DropMessages(logging.Filter):
         return not any(fragment in message for fragment in self.fragments)
 
 
+@functools.cache  # once per process: each call would add another filter to the same loggers
 def hide_benign_library_messages() -> None:
     """Hide the libraries' messages every run prints that say nothing about this one (`mvgpt train -v` shows them).
 

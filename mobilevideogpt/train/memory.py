@@ -139,7 +139,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.trainable_states + self.activations + self.logits + self.encoders + self.runtime
+        return sum(self.parts().values())
 
     def parts(self) -> dict[str, int]:
         return {
