@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -161,18 +160,36 @@ def upload(page, path: Path) -> None:
     )
 
 
-def watch_answer(page, selector: str, done, timeout_s: float = 60) -> list[str]:
-    """Every distinct value `selector` shows until `done()` holds."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = text_of(page, selector)
-        if not seen or seen[-1] != value:
-            seen.append(value)
-        if done():
-            return seen
-        time.sleep(0.02)
-    raise AssertionError(f"{selector} did not finish; status: {page.locator('#ask-status').inner_text()}")
+def record_values(page, selector: str) -> None:
+    """Record every value the page writes into the textarea under `selector`, from now on.
+
+    Wraps the textarea's value setter, so a fast CPU that streams a whole answer between two polls of the test
+    still leaves every step on record (CI once saw only the final text when polling every 20 ms)."""
+    page.evaluate(
+        """(selector) => {
+            const proto = HTMLTextAreaElement.prototype;
+            const native = Object.getOwnPropertyDescriptor(proto, 'value');
+            window.__recorded = [];
+            Object.defineProperty(proto, 'value', {
+                configurable: true,
+                get() { return native.get.call(this); },
+                set(value) {
+                    if (this.closest(selector)) window.__recorded.push(String(value));
+                    native.set.call(this, value);
+                },
+            });
+        }""",
+        selector,
+    )
+
+
+def recorded_values(page) -> list[str]:
+    """The distinct values `record_values` saw, in order."""
+    values: list[str] = []
+    for value in page.evaluate("() => window.__recorded"):
+        if not values or values[-1] != value:
+            values.append(value)
+    return values
 
 
 def test_upload_pick_exercise_and_watch_both_answers_stream(page, clip, tmp_path):
@@ -184,8 +201,10 @@ def test_upload_pick_exercise_and_watch_both_answers_stream(page, clip, tmp_path
         "'Analyze this squats video and provide corrective feedback.'"
     )
     upload(page, clip)
+    record_values(page, "#ask-answer-0")
     page.locator("#ask-button").click()
-    seen = watch_answer(page, "#ask-answer-0 textarea", lambda: "Done" in page.locator("#ask-status").inner_text())
+    page.wait_for_function("() => document.querySelector('#ask-status').innerText.includes('Done')")
+    seen = recorded_values(page)
     final = text_of(page, "#ask-answer-0 textarea")
     partial = [v for v in seen if v and v != final]
     assert final.strip(), "no answer appeared"
