@@ -4,6 +4,11 @@
     python benchmarks/bench_inference.py --full-size      # the published architecture (Qwen2.5-0.5B, CLIP ViT-B/16,
                                                           # VideoMamba-M) next to a bare transformers Qwen2 at fp32
     python benchmarks/bench_inference.py --full-size --paths bare,auto,int8,fp32 --repeats 2 --busy 1
+    python benchmarks/bench_inference.py --full-size --paths bare,auto,auto@0.5,auto@0.25,auto@0.1
+
+A path PATH@BUDGET runs PATH with a visual-token budget (`--visual-tokens BUDGET`: a count or a fraction of the
+2402 tokens); the bare model's prompt stays as long as the full budget's, so "TTFT / bare prefill" compares with
+the model that does nothing special.
 
 Each path runs in its own process (so its peak RSS is its own), in the order given, `--repeats` times interleaved
 (bare, auto, bare, auto, ...), and the table shows the median of the repeats (min-max when there are several):
@@ -156,13 +161,16 @@ class StageClock:
         self.seconds = dict.fromkeys(self.seconds, 0.0)
 
 
-def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str | None) -> dict:
+def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str | None, budget: str | None) -> dict:
     import torch
 
     from mobilevideogpt import VideoChat
     from mobilevideogpt.model.assemble import place_for_inference
     from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
+    from mobilevideogpt.model.token_budget import parse_visual_tokens, set_visual_token_budget
     from mobilevideogpt.runtime import cpu_features, plan_inference
+
+    set_visual_token_budget(config, parse_visual_tokens(budget))
 
     plan = plan_inference(args.device, dtype, quantize)
     torch.manual_seed(0)
@@ -201,6 +209,7 @@ def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str 
         "plan": plan.describe(),
         "cpu": cpu_features().describe(),
         "prompt_tokens": prompt_length(config, tokenizer),
+        "visual_tokens": config.visual_tokens_per_video,
         "video_decode_s": new.video_decode_s,
         "encoders_s": new.encode_s,
         "encoder_stages_s": encoder_stages,
@@ -229,8 +238,9 @@ def child(args) -> None:
     if args.child == "bare":
         row = run_bare(args, config, tokenizer)
     else:
-        dtype, quantize = PROJECT_PATHS[args.child]
-        row = run_project(args, config, tokenizer, args.video, dtype, quantize)
+        name, _, budget = args.child.partition("@")
+        dtype, quantize = PROJECT_PATHS[name]
+        row = run_project(args, config, tokenizer, args.video, dtype, quantize, budget or None)
     row.update(path=args.child, peak_rss_gib=peak_rss_gib(), threads=torch.get_num_threads(),
                load=f"{load_before} → {load_average()}", omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     print(json.dumps(row), flush=True)
@@ -313,7 +323,12 @@ def print_table(rows: dict[str, list[dict]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full-size", action="store_true", help="the published architecture (default: tiny)")
-    parser.add_argument("--paths", default="bare,auto", help="comma-separated: bare, auto, int8, fp32, bf16")
+    parser.add_argument(
+        "--paths",
+        default="bare,auto,auto@0.25",
+        help="comma-separated: bare, auto, int8, fp32, bf16, each project path optionally @BUDGET (visual tokens: a "
+        "count or a fraction, e.g. auto@0.25); default bare,auto,auto@0.25",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every path (default 1)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per answer (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -331,7 +346,7 @@ def main() -> None:
         return child(args)
 
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = [p for p in paths if p != "bare" and p not in PROJECT_PATHS]
+    unknown = [p for p in paths if p != "bare" and p.partition("@")[0] not in PROJECT_PATHS]
     if unknown:
         parser.error(f"unknown path(s) {unknown}; choose from bare, {', '.join(PROJECT_PATHS)}")
     rows: dict[str, list[dict]] = {p: [] for p in paths}

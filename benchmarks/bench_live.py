@@ -82,7 +82,7 @@ def breakdown(chat, video: Path, args) -> list[dict]:
     ids = torch.tensor([tokenize_with_placeholders(render_prompt(LIVE_PROMPT), chat.tokenizer)])
     source = VideoFileSource(video)
     plan = WindowPlan.create(source.fps, args.window, args.stride, chat.num_frames)
-    cache = FrameCache(chat.model.model.clip_frame_features, chat.image_size)
+    cache = FrameCache(chat.model.model.encode_clip_frames, chat.image_size)
     rows = []
     with open_stream(source, plan) as stream, torch.inference_mode():
         for window, frames in cut_windows(stream, plan):

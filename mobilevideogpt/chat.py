@@ -35,6 +35,7 @@ from .data.video import VideoInputs
 from .model.assemble import load_for_inference
 from .model.decoding import GrowingLayer, new_cache
 from .model.splice import splice_visual_tokens
+from .model.token_budget import BudgetRequest
 from .processing import STOP_STRING, VideoTextProcessor
 from .runtime import InferencePlan
 
@@ -196,10 +197,14 @@ class VideoChat:
         videomamba_path: str | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         quantize: str | None = None,
+        visual_tokens: BudgetRequest = None,
     ) -> VideoChat:
         """Load a base checkpoint, hub id or training output (raises `ModelLoadError` with the fix); `device`,
-        `dtype` and `quantize` go to `runtime.plan_inference`."""
-        loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize)
+        `dtype` and `quantize` go to `runtime.plan_inference`. `visual_tokens` is the visual-token budget per
+        video: a count, a fraction of all of them, "all", or None for the one the checkpoint was trained with."""
+        loaded = load_for_inference(
+            model_path, model_base, device, dtype, clip_path, videomamba_path, quantize, visual_tokens
+        )
         return cls(loaded.model, loaded.tokenizer, system_prompt=system_prompt, source=loaded.source, plan=loaded.plan)
 
     @property
@@ -210,6 +215,11 @@ class VideoChat:
     def dtype(self) -> torch.dtype:
         """The language model's hidden-state dtype."""
         return self.model.model.hidden_dtype
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens per video the language model reads (the budget, or all of them)."""
+        return self.model.config.visual_tokens_per_video
 
     @property
     def system_prompt(self) -> str:
@@ -350,11 +360,12 @@ class VideoChat:
         with torch.inference_mode():
             input_ids = torch.tensor([ids], device=self.device)
             if cached is None:
-                features = inputs.context_features  # CLIP features kept by the caller (e.g. live windows)
+                features, scores = inputs.context_features, inputs.context_scores  # kept by the caller (live)
                 visual = self.model.model.encode_videos(
                     inputs.frames[None].to(self.device),
                     inputs.context_frames[None].to(self.device) if features is None else None,
                     features[None].to(self.device) if features is not None else None,
+                    scores[None].to(self.device) if scores is not None else None,
                 )
                 cache = new_cache(self.model.config)
             else:

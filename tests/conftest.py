@@ -96,20 +96,24 @@ def linear_kernel():
         pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
-    """The README's main job, `mvgpt demo`, run once per session as a new user runs it (minutes): (DEMO_DIR, all it
-    printed — stdout, then stderr —, the environment it ran with). Fails with the demo's output when it fails.
-    Read-only."""
+def run_demo(folder: Path, *options: str) -> tuple[Path, str, dict]:
+    """`mvgpt demo OPTIONS` as a new user runs it, in DEMO_DIR `folder`/demo: (DEMO_DIR, all it printed — stdout,
+    then stderr —, the environment it ran with). Fails with the demo's output when it fails."""
     import os
     import subprocess
 
     mvgpt = shutil.which("mvgpt")
     assert mvgpt, "the `mvgpt` command is not installed: run the set-up command"
-    demo = tmp_path_factory.mktemp("quick_start") / "demo"
+    demo = folder / "demo"
     env = {**os.environ, "DEMO_DIR": str(demo), "MASTER_PORT": str(29700 + os.getpid() % 200),
            "TOKENIZERS_PARALLELISM": "false", "REPORT_TO": "none"}  # fmt: skip
-    run = subprocess.run([mvgpt, "demo"], cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
-                         text=True, timeout=1500)  # fmt: skip
+    run = subprocess.run([mvgpt, "demo", *options], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return demo, run.stdout + run.stderr, env
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict]:
+    """The README's main job, `mvgpt demo`, run once per session (minutes); see `run_demo`. Read-only."""
+    return run_demo(tmp_path_factory.mktemp("quick_start"))

@@ -57,7 +57,7 @@ def test_frame_cache_reuses_frames_and_matches_uncached_inputs(chat):
     plan = WindowPlan.create(10.0, window_s=4, stride_s=2, num_frames=chat.num_frames)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, (80, 48, 64, 3), dtype=np.uint8)
-    cache = FrameCache(chat.model.model.clip_frame_features, chat.image_size)
+    cache = FrameCache(chat.model.model.encode_clip_frames, chat.image_size)
     for k in (1, 2, 3, 4):  # windows 3 and 4 are full and share frames with the ones before
         window = plan.window(k)
         frames = [video[i] for i in window.frame_indices]

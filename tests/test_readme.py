@@ -100,3 +100,41 @@ def test_quick_start_prints_the_projects_lines_not_library_noise(demo_run):
     assert "== QVED finetuning: Mobile-VideoGPT ==" in output
     seen = [noise for noise in LIBRARY_NOISE if noise in output]
     assert not seen, seen
+
+
+@pytest.fixture(scope="module")
+def budget_demo_run(tmp_path_factory):
+    """The README's demo with a quarter of the visual tokens: `mvgpt demo --visual-tokens 0.25`."""
+    from tests.conftest import run_demo
+
+    return run_demo(tmp_path_factory.mktemp("quick_start_budget"), "--visual-tokens", "0.25")
+
+
+def exercise_accuracy(demo: Path) -> dict[str, dict]:
+    report = json.loads((demo / "eval_heldout" / "report.json").read_text())
+    return {m["label"]: m["metrics"]["exercise_accuracy_base"] for m in report["models"]}
+
+
+@pytest.mark.slow
+def test_the_demo_trained_on_a_quarter_of_the_visual_tokens_keeps_its_accuracy(demo_run, budget_demo_run):
+    """600 of 2402 visual tokens per video in training and evaluation keep ≥ 95 % of the full budget's held-out
+    accuracy; the checkpoint records the budget and inference uses it."""
+    demo, output, env = budget_demo_run
+    assert "visual tokens     0.25" in output
+    full, quarter = exercise_accuracy(demo_run[0])["finetuned"], exercise_accuracy(demo)["finetuned"]
+    assert quarter["n"] == full["n"] == 36
+    assert quarter["value"] >= 0.95 * full["value"], (quarter, full)
+    checkpoint = demo / "qved_finetune_tiny" / "checkpoint-final"
+    assert json.loads((checkpoint / "config.json").read_text())["visual_token_budget"] == 600
+
+    video = next((demo / "heldout" / "squats").glob("*.mp4"))
+    command = [sys.executable, "inference.py", "--model_path", str(checkpoint), "--video_path", str(video), "--json",
+               "--prompt", "Analyze this exercise video and provide corrective feedback."]  # fmt: skip
+    recorded = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    assert json.loads(recorded.stdout)["model"]["visual_tokens"] == 600 and "trained with" not in recorded.stderr
+    told = subprocess.run(command + ["--visual-tokens", "all"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert told.returncode == 0, told.stderr[-2000:]
+    assert json.loads(told.stdout)["model"]["visual_tokens"] == 2402
+    assert "trained with 600 of 2402 visual tokens (25%); running with all 2402" in told.stderr

@@ -18,7 +18,8 @@ LORA_R, LORA_ALPHA = 4, 8
 
 
 def make_training_checkpoint(
-    base: Path, run_dir: Path, seed: int = 1, scale: float = 0.05, k: int = 1, name: str = FINAL_CHECKPOINT
+    base: Path, run_dir: Path, seed: int = 1, scale: float = 0.05, k: int = 1, name: str = FINAL_CHECKPOINT,
+    visual_tokens: str | None = None,
 ) -> Path:
     from transformers import AutoTokenizer
 
@@ -29,7 +30,8 @@ def make_training_checkpoint(
     args = TrainingArguments(
         output_dir=str(run_dir), use_cpu=True, report_to="none", lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0
     )
-    model = load_model_for_training(ModelArguments(model_name_or_path=str(base), num_select_k_frames_in_chunk=k), args)
+    model_args = ModelArguments(model_name_or_path=str(base), num_select_k_frames_in_chunk=k, visual_tokens=visual_tokens)
+    model = load_model_for_training(model_args, args)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):

@@ -25,6 +25,12 @@ class Parser(argparse.ArgumentParser):
         return super().add_argument(*spelled, **kwargs)
 
 
+VISUAL_TOKENS_HELP = (
+    "visual tokens per video the language model reads: a count (e.g. 600), a fraction of all 2402 (e.g. 0.25) or "
+    "all; fewer make the first token come sooner (default: what the checkpoint was trained with, all as published)"
+)
+
+
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True, repeat: bool = False) -> None:
     """--model_path (+ --model_base, --device, --dtype and the tower sources), as every model-loading command takes."""
     parser.add_argument(
@@ -46,6 +52,18 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
     )
     parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
     parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
+    add_visual_tokens_option(parser)
+
+
+def add_visual_tokens_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visual_tokens", metavar="N|FRACTION|all", help=VISUAL_TOKENS_HELP)
+
+
+def visual_tokens_request(args: argparse.Namespace):
+    """`--visual_tokens` parsed (None when not given); a ValueError with the accepted forms."""
+    from ..model.token_budget import parse_visual_tokens
+
+    return parse_visual_tokens(args.visual_tokens)
 
 
 def load_chat(args: argparse.Namespace, status: Callable[[str], None], source, plan, **options):
@@ -60,6 +78,7 @@ def load_chat(args: argparse.Namespace, status: Callable[[str], None], source, p
         dtype=args.dtype,
         clip_path=args.clip_path,
         videomamba_path=args.videomamba_path,
+        visual_tokens=visual_tokens_request(args),
         **options,
     )
 

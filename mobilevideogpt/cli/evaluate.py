@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_model_options, quiet_libraries
+from .common import add_model_options, quiet_libraries, visual_tokens_request
 from .eval_live import add_live_options
 
 HELP = "evaluate models on a split: predictions (resumable) and a metrics report"
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         clip_path=args.clip_path,
         videomamba_path=args.videomamba_path,
+        visual_tokens=visual_tokens_request(args),
         limit=args.limit,
         retry_failed=args.retry_failed,
         overwrite=args.overwrite,

@@ -28,7 +28,8 @@ DESCRIPTION = (
 PARSER_KWARGS = {
     "formatter_class": argparse.RawDescriptionHelpFormatter,
     "epilog": """\
---json prints one object: {"model": {"model_path", "base", "checkpoint", "note", "device", "dtype", "plan"},
+--json prints one object: {"model": {"model_path", "base", "checkpoint", "note", "device", "dtype", "plan",
+  "visual_tokens"},
   "video_path", "prompt", "text", "num_new_tokens", "finish_reason" ("stop" | "length"), "frame_indices",
   "timings": {"video_decode_s", "encode_s", "prefill_s", "decode_s", "total_s", "new_tokens", "cached_tokens",
               "time_to_first_token_s", "decode_tokens_per_s", "tokens_per_s"},
@@ -80,12 +81,12 @@ def prompt_for(args: argparse.Namespace) -> str:
     return exercise_prompt(args.exercise or exercise_from_path(args.video_path))
 
 
-def _summary(result, frames: int) -> str:
+def _summary(result, frames: int, visual_tokens: int) -> str:
     t = result.timings
     rate = f"{t.decode_tokens_per_s:.1f} tok/s" if t.decode_tokens_per_s else "n/a tok/s"
     cached = f" | {t.cached_tokens} prompt tokens from the video's cache" if t.cached_tokens else ""
     return (
-        f"[{frames} frames | decode {t.video_decode_s:.2f} s | encoders {t.encode_s:.2f} s | prefill "
+        f"[{frames} frames, {visual_tokens} visual tokens | decode {t.video_decode_s:.2f} s | encoders {t.encode_s:.2f} s | prefill "
         f"{t.prefill_s:.2f} s | first token after {t.time_to_first_token_s:.2f} s | {result.num_new_tokens} new "
         f"tokens, {rate} | {result.finish_reason}{cached}]"
     )
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
     chat = load_chat(args, status, source, plan, quantize=args.quantize)
     streaming = args.stream and not args.json
-    model_info = {**source.to_dict(), "device": str(plan.device), "dtype": dtype_name(plan.llm_dtype), "plan": plan.to_dict()}
+    model_info = {**source.to_dict(), "device": str(plan.device), "dtype": dtype_name(plan.llm_dtype),
+                  "plan": plan.to_dict(), "visual_tokens": chat.visual_tokens}  # fmt: skip
 
     def emit(text: str) -> None:
         sys.stdout.write(text)
@@ -169,5 +171,5 @@ def run(args: argparse.Namespace) -> int:
                 "model? Finetune it first, e.g. `mvgpt demo`)"
             )
         status(f"Prompt: {result.prompt}")
-        status(_summary(result, config.num_frames))
+        status(_summary(result, config.num_frames, chat.visual_tokens))
     return 0

@@ -13,6 +13,8 @@ import shutil
 import sys
 import tempfile
 
+from .common import add_visual_tokens_option, visual_tokens_request
+
 HELP = "serve a web page and an OpenAI-compatible API for a model"
 DEFAULT_PORT = 7860
 DEFAULT_QUEUE_SIZE = 8
@@ -65,6 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (bf16 on CUDA with bf16 support, fp16 on other CUDA, fp32 on CPU), fp32, bf16, fp16",
     )
+    add_visual_tokens_option(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -89,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         label = args.model_path + (f" and {args.compare}" if args.compare else "")
         print(f"Loading {label} ...", file=sys.stderr, flush=True)
-        models = load_models(args.model_path, args.compare, args.device, args.dtype)
+        models = load_models(args.model_path, args.compare, args.device, args.dtype, visual_tokens_request(args))
         app = create_app(
             models,
             workdir=workdir,

@@ -98,6 +98,7 @@ def trainer_arguments(
         "--per_device_train_batch_size", values["BATCH"],
         "--gradient_accumulation_steps", values["GACC"],
         "--model_max_length", values["MAXLEN"],
+        "--visual_tokens", values["VISUAL_TOKENS"],
         "--save_steps", values["SAVE_STEPS"],
         "--warmup_steps", values["WARMUP"],
         "--activation_checkpointing", values["GRAD_CKPT"],
@@ -136,7 +137,10 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
     from ..train.run_folder import check_run_folder
     from .train_memory import memory_report
 
+    from ..model.token_budget import parse_visual_tokens
+
     values = resolve_settings(vars(args), os.environ, demo=demo_mode)
+    parse_visual_tokens(values["VISUAL_TOKENS"])  # a typo fails here, before anything starts
     if values["DATASET_VAL"] == AUTO:
         values["DATASET_VAL"] = "QVED_VAL" if Path("dataset/qved_val.json").is_file() else ""
     gpus, default_precision = _gpu_defaults()
@@ -160,6 +164,7 @@ def launch_training(args: argparse.Namespace, demo_mode: bool) -> int:
   LoRA r / alpha    {values['LORA_R']} / {values['LORA_ALPHA']}
   batch x accum     {values['BATCH']} x {values['GACC']} per rank
   max text length   {values['MAXLEN']}
+  visual tokens     {values['VISUAL_TOKENS']} (per video)
   save every        {values['SAVE_STEPS']} steps -> {values['OUTPUT_DIR']}
   DeepSpeed         {values['DS_CONFIG']}, {where}, {precision}""",
         flush=True,

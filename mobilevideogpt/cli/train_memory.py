@@ -61,9 +61,12 @@ def memory_report(values: dict[str, str], gpus: int, precision: str, ranks: int)
     """Lines for the recipe's printout: the estimate by part, and a warning with the fix when it does not fit."""
     from ..train.memory import GIB, TrainingShape, estimate_training_memory, largest_fitting_batch, model_sizes
 
+    from ..model.token_budget import parse_visual_tokens, set_visual_token_budget
+
     config = _model_config(values["MODEL"])
     if config is None:
         return [f"  memory per rank   unknown: no configuration of {values['MODEL']} on this machine"]
+    set_visual_token_budget(config, parse_visual_tokens(values["VISUAL_TOKENS"]))
     text, supervised, source = _text_lengths(values, values["MODEL"])
     shape = TrainingShape(
         batch=int(values["BATCH"]), text_tokens=text, supervised_tokens=supervised, lora_r=int(values["LORA_R"]),

@@ -117,8 +117,10 @@ class VideoInputs:
     num_total_frames: int
     path: str
     # (T, L, D) CLIP patch features of `context_frames` when already computed (the model's
-    # `clip_frame_features`, e.g. cached for frames shared by overlapping windows); used instead of a CLIP pass.
+    # `encode_clip_frames`, e.g. cached for frames shared by overlapping windows); used instead of a CLIP pass,
+    # with their (T, L) [CLS]-attention scores when the model runs with a visual-token budget.
     context_features: torch.Tensor | None = None
+    context_scores: torch.Tensor | None = None
 
 
 def _import_decord() -> ModuleType | None:

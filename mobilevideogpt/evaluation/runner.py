@@ -57,6 +57,7 @@ class EvaluationSettings:
     dtype: str = "auto"
     clip_path: str | None = None
     videomamba_path: str | None = None
+    visual_tokens: int | float | str | None = None  # a visual-token budget request; None: each model's recorded one
     limit: int | None = None
     retry_failed: bool = False
     overwrite: bool = False
@@ -98,6 +99,7 @@ def run_config(source: ModelSource, settings: EvaluationSettings) -> dict:
         "system_prompt": DEFAULT_SYSTEM_PROMPT,
         "device": settings.device,
         "dtype": settings.dtype,
+        **({"visual_tokens": settings.visual_tokens} if settings.visual_tokens is not None else {}),
     }
 
 
@@ -144,6 +146,7 @@ def predict(
         dtype=settings.dtype,
         clip_path=settings.clip_path,
         videomamba_path=settings.videomamba_path,
+        visual_tokens=settings.visual_tokens,
     )
     generation = {
         "max_new_tokens": settings.max_new_tokens,

@@ -3,7 +3,8 @@
 Consecutive windows of a plan sample the same frames where they overlap (12 of 16 at the default 8 s window
 and 2 s stride). Everything computed per frame is therefore kept by frame number: both preprocessings
 (VideoMamba's resize + ImageNet normalisation, CLIP's resize + crop + normalisation) and the frame's CLIP
-patch features (`clip_frame_features` of the model), which make up most of the encoder time. What cannot be
+patch features (`encode_clip_frames` of the model, with the scores a visual-token budget keeps tokens by),
+which make up most of the encoder time. What cannot be
 kept is per window: frame selection, VideoMamba over the selected frames (one joint clip), the projectors,
 and the language model.
 
@@ -41,14 +42,16 @@ def window_inputs(frames: Sequence[np.ndarray], window: Window, image_size: int,
 class FrameCache:
     """Per-frame preprocessing and CLIP features by frame number; `release_before` drops what is past.
 
-    `encode` maps CLIP-preprocessed frames (N, 3, S, S) to their features (N, L, D): the model's
-    `model.model.clip_frame_features`.
+    `encode` maps CLIP-preprocessed frames (N, 3, S, S) to their features (N, L, D) and [CLS]-attention scores
+    (N, L) or None: the model's `model.model.encode_clip_frames`.
     """
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], image_size: int) -> None:
+    def __init__(
+        self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], image_size: int
+    ) -> None:
         self.encode = encode
         self.image_size = image_size
-        self._entries: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._entries: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -65,9 +68,9 @@ class FrameCache:
             video = videomamba_transform(stack, self.image_size)
             context = clip_transform(stack, self.image_size)
             with torch.inference_mode():
-                features = self.encode(context)
+                features, scores = self.encode(context)
             for row, index in enumerate(new):
-                self._entries[index] = (video[row], context[row], features[row])
+                self._entries[index] = (video[row], context[row], features[row], None if scores is None else scores[row])
         entries = [self._entries[i] for i in indices]
         return VideoInputs(
             frames=torch.stack([e[0] for e in entries]),
@@ -77,6 +80,7 @@ class FrameCache:
             num_total_frames=window.num_window_frames,
             path=path,
             context_features=torch.stack([e[2] for e in entries]),
+            context_scores=None if entries[0][3] is None else torch.stack([e[3] for e in entries]),
         )
 
     def release_before(self, index: int) -> None:

@@ -87,7 +87,7 @@ class SessionResult:
 
 class LiveSession:
     """Timestamped feedback on a frame source from a loaded `VideoChat` (or any object with its `answer`,
-    `num_frames`, `image_size` and, for caching, `model.model.clip_frame_features`).
+    `num_frames`, `image_size` and, for caching, `model.model.encode_clip_frames`).
 
     Args:
         prompt: asked about every window (no default: the library does not know the application).
@@ -150,7 +150,7 @@ class LiveSession:
         summary = SessionSummary(source.uri, source.live, source.fps, plan.window_s, plan.stride_s)
         result = SessionResult(summary)
         suppressor = Suppressor(self.threshold)
-        cache = FrameCache(self.chat.model.model.clip_frame_features, self.chat.image_size) if self.cache else None
+        cache = FrameCache(self.chat.model.model.encode_clip_frames, self.chat.image_size) if self.cache else None
         last_window = None
         if max_duration_s is not None:
             last_window = plan.complete_windows(int(max_duration_s * plan.fps))

@@ -8,6 +8,7 @@ moved to the requested device and dtype, so a merge never rounds through half pr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,8 +22,10 @@ from safetensors import safe_open
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
 from ..errors import ModelLoadError, first_line, one_line
 from ..runtime import InferencePlan, plan_inference
+from .configuration import check_token_pipeline
 from .loading import CheckpointLoadError
 from .state_dicts import diff_state_dicts, preview
+from .token_budget import BudgetRequest, budget_for, describe_budget
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +255,45 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     return model.eval()
 
 
+def recorded_visual_token_budget(source: ModelSource, model: torch.nn.Module) -> int | None:
+    """The visual-token budget the model was trained with: a training checkpoint's config.json records it (the
+    base model's config says what the base was trained with); None is all tokens."""
+    where = source.checkpoint / "config.json" if source.checkpoint is not None else None
+    if where is None or not where.is_file():
+        return model.config.visual_token_budget
+    try:
+        recorded = json.loads(where.read_text()).get("visual_token_budget")
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{where} is not readable JSON ({first_line(err)}); the checkpoint is damaged") from err
+    try:
+        return budget_for(model.config, recorded)
+    except ValueError as err:
+        raise ModelLoadError(f"{where}: visual_token_budget {recorded!r} is not usable ({err})") from err
+
+
+def apply_visual_token_budget(model: torch.nn.Module, source: ModelSource, request: BudgetRequest = None) -> None:
+    """Run `model` with `request`'s visual-token budget, or the recorded one when `request` is None; a warning
+    when the two differ (the model then sees other tokens than it was trained on). Raises `ModelLoadError`."""
+    config = model.config
+    recorded = recorded_visual_token_budget(source, model)
+    if request is None:
+        chosen = recorded
+    else:
+        try:
+            chosen = budget_for(config, request)
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
+    if chosen != recorded:
+        full = config.full_visual_tokens_per_video
+        logger.warning(
+            "%s was trained with %s; running with %s as asked%s",
+            source.model_path, describe_budget(recorded, full), describe_budget(chosen, full),
+            " (training-free: answers differ somewhat from the full budget's)" if recorded is None else "",
+        )  # fmt: skip
+    config.visual_token_budget = chosen
+    check_token_pipeline(config)
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
@@ -277,15 +319,18 @@ def load_for_inference(
     clip_path: str | None = None,
     videomamba_path: str | None = None,
     quantize: str | None = None,
+    visual_tokens: BudgetRequest = None,
 ) -> LoadedModel:
-    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path` and `runtime.plan_inference`);
-    raises `ModelLoadError`."""
+    """Resolve, load, merge and place a model (see `checkpoints.resolve_model_path` and `runtime.plan_inference`)
+    with the visual-token budget `visual_tokens` (None: the recorded one); raises `ModelLoadError`."""
     source = resolve_model_path(model_path, model_base)
     plan = plan_inference(device, dtype, quantize)
     if source.note:
         logger.info(source.note)
     tokenizer = load_tokenizer(source)
     model = assemble_model(source, clip_path, videomamba_path)
+    if model.config.has_vision:
+        apply_visual_token_budget(model, source, visual_tokens)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         raise ModelLoadError(
@@ -304,8 +349,10 @@ def load_model_and_tokenizer(
     clip_path: str | None = None,
     videomamba_path: str | None = None,
     quantize: str | None = None,
+    visual_tokens: BudgetRequest = None,
 ):
     """(model, tokenizer) ready for `model.generate`: eval mode, placed as `runtime.plan_inference(device, dtype,
-    quantize)` says, LoRA merged. dtype "fp32" keeps every weight an fp32 parameter (e.g. to inspect or train)."""
-    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize)
+    quantize)` says, LoRA merged, with the visual-token budget `visual_tokens` (None: the one the checkpoint
+    records). dtype "fp32" keeps every weight an fp32 parameter (e.g. to inspect or train)."""
+    loaded = load_for_inference(model_path, model_base, device, dtype, clip_path, videomamba_path, quantize, visual_tokens)
     return loaded.model, loaded.tokenizer

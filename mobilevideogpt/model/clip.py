@@ -57,19 +57,50 @@ class CLIPImageTower(FrozenAwareModule):
             raise ValueError(f"mm_vision_select_layer={self.select_layer} does not exist in a {total}-layer CLIP")
         return index
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, with_scores: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """pixel_values: (N, 3, H, W) CLIP-normalised frames → (N, L, D) patch features (CLS dropped) of
-        hidden state `select_layer` (−2: output of the second-to-last encoder layer, no post-layernorm).
+        hidden state `select_layer` (−2: output of the second-to-last encoder layer, no post-layernorm); with
+        `with_scores`, (features, (N, L) [CLS]-attention scores) — see `features_and_scores`.
 
         Runs CLIP's own modules (embeddings, pre-layernorm, encoder layers) only as far as that hidden state: the
         same values as `CLIPVisionModel(..., output_hidden_states=True).hidden_states[select_layer]`."""
         vision = self.vision_tower.vision_model
         layers = vision.encoder.layers[: self.layers_used]
-        features = []
+        if with_scores and not layers:
+            raise ValueError(
+                "a visual-token budget scores patches by [CLS] attention in an encoder layer, but "
+                f"mm_vision_select_layer={self.select_layer} uses CLIP's embeddings only"
+            )
+        features, scores = [], []
         for start in range(0, pixel_values.shape[0], CLIP_FRAMES_PER_STEP):
             batch = pixel_values[start : start + CLIP_FRAMES_PER_STEP].to(self.dtype)
             hidden = vision.pre_layrnorm(vision.embeddings(batch))
-            for layer in layers:
+            for index, layer in enumerate(layers):
+                if with_scores and index == len(layers) - 1:
+                    scores.append(cls_attention(layer, hidden))
                 hidden = layer(hidden, None)
             features.append(hidden[:, 1:])
-        return torch.cat(features)
+        return (torch.cat(features), torch.cat(scores)) if with_scores else torch.cat(features)
+
+    def features_and_scores(
+        self, pixel_values: torch.Tensor, with_scores: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, scores or None): the scores are (N, L) fp32, the attention the [CLS] query pays each patch in
+        the last layer run (the one that writes the features), averaged over heads; each frame's sum to under 1
+        (the rest goes to [CLS] itself). What the visual-token budget keeps tokens by."""
+        return self(pixel_values, with_scores=True) if with_scores else (self(pixel_values), None)
+
+
+def cls_attention(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden: (N, 1 + L, D), the input of CLIP encoder `layer` → (N, L) fp32: the softmax attention of the
+    [CLS] query over the patch keys in that layer, averaged over its heads (computed for the one query only)."""
+    attention = layer.self_attn
+    normed = layer.layer_norm1(hidden)
+    n, tokens, _ = normed.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    query = attention.q_proj(normed[:, :1]).reshape(n, 1, heads, head_dim).transpose(1, 2).float()
+    keys = attention.k_proj(normed).reshape(n, tokens, heads, head_dim).transpose(1, 2).float()
+    weights = torch.softmax(query @ keys.transpose(-1, -2) * attention.scale, dim=-1)  # (N, heads, 1, 1 + L)
+    return weights.mean(dim=1)[:, 0, 1:]

@@ -10,7 +10,8 @@ Our own optional fields (absent from the published file, so their defaults are t
 `videomamba_config` (dict; None → VideoMamba-M), `clip_vision_config` (dict; None → CLIP ViT-B/16),
 and the token-pipeline geometry `num_frames`, `num_context_images`, `chunk_size`,
 `num_select_k_frames_in_chunk`, `topk`. The last two are also accepted as `from_pretrained` keyword
-arguments, as the published loader passes them.
+arguments, as the published loader passes them. `visual_token_budget` (None: all) is the visual tokens per
+video a model was trained or runs with (`token_budget.py`); a training checkpoint's config records it.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class MobileVideoGPTQwenConfig(Qwen2Config):
     chunk_size: int = CHUNK_SIZE
     num_select_k_frames_in_chunk: int = NUM_SELECT_K_FRAMES_IN_CHUNK
     topk: bool = True
+    visual_token_budget: int | None = None
 
     @classmethod
     def published(cls, **overrides: Any) -> "MobileVideoGPTQwenConfig":
@@ -106,10 +108,24 @@ class MobileVideoGPTQwenConfig(Qwen2Config):
         return self.num_frames // self.chunk_size
 
     @property
-    def visual_tokens_per_video(self) -> int:
+    def full_visual_tokens_per_video(self) -> int:
         """Context tokens (144 per frame) + video tokens (49 per chunk): 16·144 + 2·49 = 2402 as published."""
-        image_side, video_side = ETP_POOL_SIDE["image"], ETP_POOL_SIDE["video"]
-        return self.num_context_images * image_side**2 + self.num_chunks * video_side**2
+        return self.num_context_images * ETP_POOL_SIDE["image"] ** 2 + self.video_tokens_per_video
+
+    @property
+    def video_tokens_per_video(self) -> int:
+        """The chunks' tokens (49 each), which a visual-token budget always keeps."""
+        return self.num_chunks * ETP_POOL_SIDE["video"] ** 2
+
+    @property
+    def min_visual_tokens_per_video(self) -> int:
+        """The smallest budget: every video token and one context token per frame (16 + 98 = 114 as published)."""
+        return self.video_tokens_per_video + self.num_context_images
+
+    @property
+    def visual_tokens_per_video(self) -> int:
+        """What the language model receives per video: the budget, else all of them."""
+        return self.visual_token_budget or self.full_visual_tokens_per_video
 
     def validate_token_pipeline(self) -> None:
         """Class validator (run by `@strict` at construction); the model re-runs it after kwargs overrides."""
@@ -161,5 +177,13 @@ def check_token_pipeline(config: MobileVideoGPTQwenConfig) -> None:
             f"VideoMamba's {video.grid_size}×{video.grid_size} patch grid is smaller than the "
             f"{VIDEO_FRAME_POOL_SIDE}×{VIDEO_FRAME_POOL_SIDE} per-frame pooling grid"
         )
+    budget = config.visual_token_budget
+    if budget is not None and not problems:
+        low, high = config.min_visual_tokens_per_video, config.full_visual_tokens_per_video
+        if isinstance(budget, bool) or not low <= budget <= high:
+            problems.append(
+                f"visual_token_budget={budget!r} must be between {low} (every video token and one context token "
+                f"per frame) and {high} (all), or null for all"
+            )
     if problems:
         raise ValueError("Invalid Mobile-VideoGPT token pipeline:\n  - " + "\n  - ".join(problems))

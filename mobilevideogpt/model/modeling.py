@@ -61,19 +61,29 @@ class MobileVideoGPTQwenModel(Qwen2Model):
     def clip_frame_features(self, context_frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) CLIP-preprocessed frames → (N, L, Dc) patch features, each frame's as `encode_videos`
         computes it: stacked per video, they can be passed back as `clip_features` (no CLIP forward then)."""
+        return self.encode_clip_frames(context_frames)[0]
+
+    def encode_clip_frames(self, context_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`clip_frame_features` and, when the model runs with a visual-token budget, the (N, L) [CLS]-attention
+        scores that choose each frame's tokens (None without a budget): both can be passed back to
+        `encode_videos` as `clip_features` and `clip_scores`."""
         if not self.config.has_vision:
             raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
-        return self.image_vision_tower(context_frames.to(self.embed_tokens.weight.device))
+        return self.image_vision_tower.features_and_scores(
+            context_frames.to(self.embed_tokens.weight.device), with_scores=self.config.visual_token_budget is not None
+        )
 
     def encode_videos(
         self,
         images: torch.Tensor,
         context_images: torch.Tensor | None = None,
         clip_features: torch.Tensor | None = None,
+        clip_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """images, context_images: (V, T, 3, H, W) → (V, visual_tokens_per_video, hidden) in the LLM dtype.
 
-        Instead of `context_images`, `clip_features` (V, T, L, Dc) from `clip_frame_features` skips CLIP."""
+        Instead of `context_images`, `clip_features` (V, T, L, Dc) and, with a visual-token budget, `clip_scores`
+        (V, T, L) from `encode_clip_frames` skip CLIP."""
         if not self.config.has_vision:
             raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
         device = self.embed_tokens.weight.device
@@ -88,6 +98,8 @@ class MobileVideoGPTQwenModel(Qwen2Model):
             k=self.config.num_select_k_frames_in_chunk,
             largest=self.config.topk,
             clip_features=clip_features.to(device) if clip_features is not None else None,
+            clip_scores=clip_scores.to(device) if clip_scores is not None else None,
+            budget=self.config.visual_token_budget,
         )
         return tokens.to(self.hidden_dtype)
 
@@ -100,10 +112,12 @@ class MobileVideoGPTQwenModel(Qwen2Model):
         context_images: torch.Tensor | None = None,
         padding_side: PaddingSide = "right",
         clip_features: torch.Tensor | None = None,
+        clip_scores: torch.Tensor | None = None,
     ) -> SplicedBatch:
         """Embed `input_ids` (B, L) and splice each video's visual tokens into its placeholder run.
 
-        `clip_features` (V, T, L, Dc), stacked from `clip_frame_features`, may stand in for `context_images`."""
+        `clip_features` (V, T, L, Dc) and `clip_scores` (V, T, L), stacked from `encode_clip_frames`, may stand in
+        for `context_images`."""
         has_context = context_images is not None or clip_features is not None
         if (images is None) != (not has_context):
             raise ValueError(
@@ -112,14 +126,16 @@ class MobileVideoGPTQwenModel(Qwen2Model):
             )
         if context_images is not None and clip_features is not None:
             raise ValueError("Pass `context_images` or their `clip_features`, not both")
-        for name, value in (("images", images), ("context_images", context_images), ("clip_features", clip_features)):
+        given = (("images", images), ("context_images", context_images), ("clip_features", clip_features),
+                 ("clip_scores", clip_scores))  # fmt: skip
+        for name, value in given:
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(f"`{name}` must be a tensor, got {type(value).__name__}")
         device = self.embed_tokens.weight.device
         input_ids, attention_mask, labels = (
             t.to(device) if t is not None else None for t in (input_ids, attention_mask, labels)
         )
-        visual = self.encode_videos(images, context_images, clip_features) if images is not None else None
+        visual = self.encode_videos(images, context_images, clip_features, clip_scores) if images is not None else None
         return splice_visual_tokens(input_ids, self.embed_tokens, visual, attention_mask, labels, padding_side)
 
     def unused_projector_anchor(self) -> torch.Tensor:

@@ -11,6 +11,9 @@ For each video (T = 16 frames, chunks of 8, k = 4 at the published geometry):
 7. video ETP                                                         (V·nC, 49, H)
 8. image ETP on every context frame                                  (V·T, 144, H)
 9. merge: all context tokens first (frame 0..T-1), then the chunks   (V, T·144 + nC·49 = 2402, H)
+
+With a visual-token budget N (`token_budget.py`), step 9 keeps, of each frame's 144 context tokens, the
+ones CLIP's [CLS] attends to most (scores from step 1, pooled onto the 12×12 grid)   (V, N, H)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from .clip import CLIPImageTower
 from .frame_selection import select_frames
 from .projector import EfficientTokenProjector, pool_frame_tokens
+from .token_budget import context_tokens_per_frame, keep_context_tokens, pool_scores
 from .video_tower import VideoMambaTower
 
 
@@ -70,9 +74,20 @@ def regroup_per_chunk(frame_tokens: torch.Tensor, num_chunks: int) -> torch.Tens
     return frame_tokens.reshape(v * num_chunks, (f // num_chunks) * n, d)
 
 
-def merge_visual_tokens(context_tokens: torch.Tensor, video_tokens: torch.Tensor) -> torch.Tensor:
-    """context_tokens: (V, T, 144, H); video_tokens: (V, nC, 49, H) → (V, T·144 + nC·49, H), context first."""
-    return torch.cat([context_tokens.flatten(1, 2), video_tokens.flatten(1, 2)], dim=1)
+def merge_visual_tokens(
+    context_tokens: torch.Tensor, video_tokens: torch.Tensor, context_counts: list[int] | None = None,
+    context_scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """context_tokens: (V, T, 144, H); video_tokens: (V, nC, 49, H) → (V, T·144 + nC·49, H), context first.
+
+    With `context_counts` (per frame) and `context_scores` (V, T, 144), each frame keeps only its
+    `context_counts[t]` highest-scoring context tokens → (V, Σ counts + nC·49, H)."""
+    context = (
+        context_tokens.flatten(1, 2)
+        if context_counts is None
+        else keep_context_tokens(context_tokens, context_scores, context_counts)
+    )
+    return torch.cat([context, video_tokens.flatten(1, 2)], dim=1)
 
 
 def video_visual_tokens(
@@ -87,22 +102,29 @@ def video_visual_tokens(
     k: int,
     largest: bool = True,
     clip_features: torch.Tensor | None = None,
+    clip_scores: torch.Tensor | None = None,
+    budget: int | None = None,
 ) -> torch.Tensor:
     """images: (V, T, 3, H, W) VideoMamba frames; context_images: (V, T, 3, H', W') CLIP frames →
-    (V, T·144 + (T/chunk_size)·49, LLM hidden) visual tokens per video.
+    (V, T·144 + (T/chunk_size)·49, LLM hidden) visual tokens per video, or (V, `budget`, hidden) with a budget.
 
     `clip_features` (V, T, L, Dc), the `clip_tower` output of each context frame computed earlier (e.g. kept
-    for frames shared by overlapping windows of a stream), replaces step 1; pass it instead of `context_images`.
+    for frames shared by overlapping windows of a stream), replaces step 1; pass it instead of `context_images`,
+    with a budget together with its `clip_scores` (V, T, L) (`CLIPImageTower.features_and_scores`).
     """
     if (context_images is None) == (clip_features is None):
         raise ValueError("Pass exactly one of `context_images` (CLIP frames) and `clip_features` (their features)")
+    if budget is not None and clip_features is not None and clip_scores is None:
+        raise ValueError("With a visual-token budget, pass `clip_scores` beside `clip_features` (they choose the tokens)")
     context, name = (context_images, "context_images") if clip_features is None else (clip_features, "clip_features")
     check_video_inputs(images, context, chunk_size, k, video_tower.config.num_frames, name)
     v, t = context.shape[:2]
     num_chunks = t // chunk_size
 
     if clip_features is None:
-        context_features = clip_tower(context_images.flatten(0, 1))  # (V·T, L, Dc)
+        context_features, clip_scores = clip_tower.features_and_scores(
+            context_images.flatten(0, 1), with_scores=budget is not None
+        )  # (V·T, L, Dc), (V·T, L)
         context_features = context_features.reshape(v, t, *context_features.shape[1:])
     else:
         context_features = clip_features
@@ -113,7 +135,13 @@ def video_visual_tokens(
     frame_tokens = pool_frame_tokens(video_tower(clip))  # (V, nC·k, 49, Dv)
     video_tokens = video_projector(regroup_per_chunk(frame_tokens, num_chunks).to(video_projector.dtype))
     context_tokens = image_projector(context_features.flatten(0, 1).to(image_projector.dtype))
+    counts = scores = None
+    if budget is not None:
+        counts = context_tokens_per_frame(budget, t, num_chunks * video_tokens.shape[1])
+        scores = pool_scores(clip_scores.reshape(v, t, -1), image_projector.pool_side)
     return merge_visual_tokens(
         context_tokens.reshape(v, t, *context_tokens.shape[1:]),
         video_tokens.reshape(v, num_chunks, *video_tokens.shape[1:]),
+        counts,
+        scores,
     )

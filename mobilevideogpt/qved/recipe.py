@@ -59,6 +59,10 @@ SETTINGS = (
     Setting("BATCH", "4", "per-device batch size", "4"),
     Setting("GACC", "4", "gradient accumulation steps", "2"),
     Setting("MAXLEN", "2048", "max text tokens per sample (each video's visual tokens come on top)", "256"),
+    Setting(
+        "VISUAL_TOKENS", "all",
+        "visual tokens per video: all, a count or a fraction (e.g. 0.25); recorded in the checkpoints",
+    ),  # fmt: skip
     Setting("SAVE_STEPS", "50", "checkpoint every N optimizer steps", "25"),
     Setting("WARMUP", "0.03", "learning-rate warm-up: steps, or a share of all steps below 1", "0.25"),
     Setting("GRAD_CKPT", "True", "gradient checkpointing True | False", "False"),

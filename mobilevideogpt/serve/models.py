@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..constants import IMAGE_TOKEN_INDEX
 from ..data.video import VideoInputs
+
+if TYPE_CHECKING:
+    from ..model.token_budget import BudgetRequest
 
 
 class NotAVideoError(ValueError):
@@ -47,13 +51,17 @@ class ServedModel:
         return len(ids) - placeholders + placeholders * self.chat.model.config.visual_tokens_per_video
 
 
-def load_models(model_path: str, compare: str | None, device: str, dtype: str) -> list[ServedModel]:
-    """`model_path` (and `compare`, when given) as VideoChats; raises `ModelLoadError` with the fix."""
+def load_models(
+    model_path: str, compare: str | None, device: str, dtype: str, visual_tokens: BudgetRequest = None
+) -> list[ServedModel]:
+    """`model_path` (and `compare`, when given) as VideoChats, both with the visual-token budget `visual_tokens`
+    (None: each its recorded one); raises `ModelLoadError` with the fix."""
     from mobilevideogpt import VideoChat
 
     if compare is not None and os.path.normpath(compare) == os.path.normpath(model_path):
         raise ValueError(f"--compare {compare} names the same model as --model_path; compare two different models")
-    served = [ServedModel(model_path, "model", VideoChat.from_pretrained(model_path, device=device, dtype=dtype))]
+    options = {"device": device, "dtype": dtype, "visual_tokens": visual_tokens}
+    served = [ServedModel(model_path, "model", VideoChat.from_pretrained(model_path, **options))]
     if compare is not None:
-        served.append(ServedModel(compare, "compare", VideoChat.from_pretrained(compare, device=device, dtype=dtype)))
+        served.append(ServedModel(compare, "compare", VideoChat.from_pretrained(compare, **options)))
     return served

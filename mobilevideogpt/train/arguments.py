@@ -23,6 +23,11 @@ class ModelArguments:
     topk: bool | None = field(
         default=None, metadata={"help": "Keep the highest-scoring frames; False keeps the lowest (default: checkpoint's)."}
     )
+    visual_tokens: str | None = field(
+        default=None,
+        metadata={"help": "Visual tokens per video: all, a count (e.g. 600) or a fraction (e.g. 0.25); recorded in "
+                  "the checkpoints (default: the base checkpoint's, all as published)."},
+    )
 
 
 @dataclass

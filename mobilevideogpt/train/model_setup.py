@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import mobilevideogpt  # noqa: F401  (registers the MobileVideoGPT auto classes)
 
+from ..model.token_budget import parse_visual_tokens, set_visual_token_budget
 from .arguments import ModelArguments, TrainingArguments
 
 # Attention and MLP projections of every Qwen2 decoder layer (PEFT matches a string target with re.fullmatch).
@@ -51,6 +52,8 @@ def load_model_for_training(model_args: ModelArguments, training_args: TrainingA
         model_args.model_name_or_path, dtype=training_dtype(training_args), **overrides
     )
     model.config.use_cache = False
+    if model_args.visual_tokens is not None and model.config.has_vision:
+        set_visual_token_budget(model.config, parse_visual_tokens(model_args.visual_tokens))
     model.requires_grad_(False)
     if training_args.lora_enable:
         lora = LoraConfig(
