@@ -4,9 +4,10 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_live.py --full-size   # + the published architecture
                                                                           #   (Qwen2.5-0.5B, CLIP ViT-B/16,
                                                                           #   VideoMamba-M): many minutes on a CPU
+    python benchmarks/bench_live.py --full-size --visual-tokens all,0.25,0.1   # with visual-token budgets
 
 A synthetic session (two exercises, 30 fps, 320×240) is cut into the live windows (default 8 s every 2 s:
-16 frames, 2402 visual tokens each) by the live loop's own pieces (`cut_windows`, `FrameCache` /
+16 frames, 2402 visual tokens each, or the --visual-tokens budgets) by the live loop's own pieces (`cut_windows`, `FrameCache` /
 `window_inputs`, `VideoChat.answer`). For every full window (the first, growing windows share few frames)
 both ways of building the model inputs are timed back to back, in alternating order, so that machine load
 hits both alike:
@@ -70,6 +71,8 @@ def _inputs_and_encode(use_cache: bool, chat, cache: FrameCache, ids, frames, wi
     if use_cache:
         inputs, prep = _timed(lambda: cache.inputs(frames, window, "bench"))
         context = {"clip_features": inputs.context_features[None]}
+        if inputs.context_scores is not None:
+            context["clip_scores"] = inputs.context_scores[None]
     else:
         inputs, prep = _timed(lambda: window_inputs(frames, window, chat.image_size, "bench"))
         context = {"context_images": inputs.context_frames[None]}
@@ -118,39 +121,47 @@ def end_to_end(chat, video: Path, args) -> dict[bool, list[float]]:
     return factors
 
 
-def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> dict:
+def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> list[dict]:
     from mobilevideogpt.chat import VideoChat
+    from mobilevideogpt.model.token_budget import parse_visual_tokens, set_visual_token_budget
 
     started = time.perf_counter()
     chat = VideoChat(build_model(full_size), tokenizer)
     print(f"{name}: built in {time.perf_counter() - started:.0f} s; warming up ...", flush=True)
     chat.answer(chat.load_video(video), LIVE_PROMPT, max_new_tokens=2)
-    rows = breakdown(chat, video, args)
-    median = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-    result = {"model": name, "windows": len(rows), "frames": chat.num_frames, **median}
-    if not full_size:
-        result["end_to_end"] = end_to_end(chat, video, args)
-    return result
+    results = []
+    for budget in args.visual_tokens.split(","):
+        set_visual_token_budget(chat.model.config, parse_visual_tokens(budget))
+        print(f"{name}, {chat.visual_tokens} visual tokens per window:", flush=True)
+        rows = breakdown(chat, video, args)
+        median = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        result = {"model": name, "visual_tokens": chat.visual_tokens, "windows": len(rows), "frames": chat.num_frames,
+                  **median}  # fmt: skip
+        if not full_size:
+            result["end_to_end"] = end_to_end(chat, video, args)
+        results.append(result)
+    return results
 
 
 def print_table(results: list[dict], stride: float) -> None:
-    print("\nMedians over full windows (16 frames, 2402 visual tokens):\n")
-    print("| model | frame cache | frames → inputs | encoders | LLM (prefill + decode) | per window | real-time factor "
-          "| frames reused |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nMedians over full windows (16 frames each):\n")
+    print("| model | visual tokens | frame cache | frames → inputs | encoders | LLM (prefill + decode) | per window "
+          "| real-time factor | frames reused |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for cache, prep, enc in ((True, r["prep_c"], r["enc_c"]), (False, r["prep_u"], r["enc_u"])):
             total = prep + enc + r["llm"]
             reused = f"{r['reused']:.0f}/{r['frames']}" if cache else "-"
-            print(f"| {r['model']} | {'on' if cache else 'off'} | {prep:.3f} s | {enc:.3f} s | {r['llm']:.3f} s "
-                  f"| {total:.3f} s | {total / stride:.2f} | {reused} |")
+            print(f"| {r['model']} | {r['visual_tokens']} | {'on' if cache else 'off'} | {prep:.3f} s | {enc:.3f} s "
+                  f"| {r['llm']:.3f} s | {total:.3f} s | {total / stride:.2f} | {reused} |")
         saved = (r["prep_u"] + r["enc_u"]) - (r["prep_c"] + r["enc_c"])
-        print(f"|  | saved by the cache | | | | {saved:.3f} s ({saved / (r['prep_u'] + r['enc_u'] + r['llm']):.0%}) | | |")
+        print(f"|  |  | saved by the cache | | | | {saved:.3f} s ({saved / (r['prep_u'] + r['enc_u'] + r['llm']):.0%}) "
+              "| | |")
     for r in results:
         if "end_to_end" in r:
             cached, plain = (statistics.median(r["end_to_end"][c]) for c in (True, False))
-            print(f"\n{r['model']}, whole LiveSession runs (all windows, median of {len(r['end_to_end'][True])}): "
-                  f"real-time factor {cached:.2f} with the cache, {plain:.2f} without")
+            print(f"\n{r['model']}, {r['visual_tokens']} visual tokens, whole LiveSession runs (all windows, median of "
+                  f"{len(r['end_to_end'][True])}): real-time factor {cached:.2f} with the cache, {plain:.2f} without")
 
 
 def main() -> None:
@@ -163,21 +174,26 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8, help="full windows timed per model (default 8)")
     parser.add_argument("--full-windows", type=int, default=3, help="full windows timed at full size (default 3)")
     parser.add_argument("--repeats", type=int, default=4, help="end-to-end session pairs, tiny model (default 4)")
+    parser.add_argument(
+        "--visual-tokens", default="all,0.25",
+        help="comma-separated visual-token budgets to time (all, counts or fractions; default all,0.25)",
+    )  # fmt: skip
     args = parser.parse_args()
 
+    from mobilevideogpt.runtime import cpu_features
     from mobilevideogpt.tokenizer import build_qwen25_tokenizer
 
     torch.set_grad_enabled(False)
     tokenizer = build_qwen25_tokenizer()
     load = os.getloadavg()
-    print(f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+    print(f"CPU {cpu_features().describe()}, torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         video = synthetic_session(Path(tmp), args.seconds)
-        results = [bench("tiny (random)", False, video, tokenizer, args)]
+        results = bench("tiny (random)", False, video, tokenizer, args)
         if args.full_size:
             args.windows = args.full_windows
-            results.append(bench("Mobile-VideoGPT-0.5B architecture (random)", True, video, tokenizer, args))
+            results += bench("Mobile-VideoGPT-0.5B architecture (random)", True, video, tokenizer, args)
     print_table(results, args.stride)
     load = os.getloadavg()
     print(f"\nload average after {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -24,6 +24,12 @@ def chat(mvgpt_fast_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def budget_chat(mvgpt_fast_checkpoint):
+    """The same model with half its visual tokens: the cache then keeps each frame's [CLS]-attention scores too."""
+    return VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", visual_tokens=0.5)
+
+
+@pytest.fixture(scope="module")
 def session_video(tmp_path_factory):
     labels = make_sessions(tmp_path_factory.mktemp("cache_sessions"), count=1, seed=2, segment_s=(3.0, 4.0), size=(96, 72))
     return labels.parent / "session_00.mp4"
@@ -80,7 +86,9 @@ def test_frame_cache_reuses_frames_and_matches_uncached_inputs(chat):
     assert len(cache) == len(set(plan.window(4).frame_indices))
 
 
-def test_live_session_feeds_the_model_the_same_with_and_without_the_cache(chat, session_video, monkeypatch):
+@pytest.mark.parametrize("which", ["chat", "budget_chat"])
+def test_live_session_feeds_the_model_the_same_with_and_without_the_cache(which, request, session_video, monkeypatch):
+    chat = request.getfixturevalue(which)
     inner = chat.model.model
     original = inner.encode_videos
     spliced = []  # each window's visual tokens, as the LLM receives them
@@ -99,5 +107,6 @@ def test_live_session_feeds_the_model_the_same_with_and_without_the_cache(chat, 
     (with_cache, cached_inputs), (without, plain_inputs) = runs[True], runs[False]
     assert len(cached_inputs) == len(plain_inputs) == with_cache.summary.windows_answered >= 3
     assert all(torch.equal(a, b) for a, b in zip(cached_inputs, plain_inputs, strict=True))
+    assert all(tokens.shape[1] == chat.visual_tokens for tokens in cached_inputs)
     assert [e.text for e in with_cache.events] == [e.text for e in without.events]
     assert with_cache.summary.cache_hits > 0 and without.summary.cache_hits is None
