@@ -21,9 +21,10 @@ DESCRIPTION = "Finetune Mobile-VideoGPT-0.5B on QVED with LoRA (LLM) + full proj
 
 
 def _settings_table() -> str:
-    rows = [f"  {s.name:<12} {s.help} ({s.default or 'none'}{f'; demo: {s.demo}' if s.demo else ''})" for s in SETTINGS]
-    rows.append(f"  {DEMO_DIR_SETTING.name:<12} {DEMO_DIR_SETTING.help} ({DEMO_DIR_SETTING.default})")
-    rows.append(f"  {'PYTHON':<12} python interpreter of bash scripts/finetune_qved.sh (python)")
+    width = max(len(s.name) for s in SETTINGS)
+    rows = [f"  {s.name:<{width}} {s.help} ({s.default or 'none'}{f'; demo: {s.demo}' if s.demo else ''})" for s in SETTINGS]
+    rows.append(f"  {DEMO_DIR_SETTING.name:<{width}} {DEMO_DIR_SETTING.help} ({DEMO_DIR_SETTING.default})")
+    rows.append(f"  {'PYTHON':<{width}} python interpreter of bash scripts/finetune_qved.sh (python)")
     return "\n".join(rows)
 
 
