@@ -17,6 +17,7 @@ pipeline, bit for bit.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 
@@ -34,24 +35,17 @@ def parse_visual_tokens(text: str | None) -> BudgetRequest:
     if value in (ALL, "full"):
         return ALL
     try:
-        if value.endswith("%"):
-            return _fraction(float(value[:-1]) / 100, text)
-        if value.isdigit():
-            if int(value) < 1:
-                raise ValueError(value)
-            return int(value)
-        return _fraction(float(value), text)
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
-        raise ValueError(
-            f"--visual-tokens {text!r} is not a budget: use all, a number of tokens per video (e.g. 600) or a "
-            "fraction of them (e.g. 0.25 or 25%)"
-        ) from None
-
-
-def _fraction(value: float, text: str) -> float:
-    if not (0 < value <= 1) or not math.isfinite(value):
-        raise ValueError(f"--visual-tokens {text!r}: a fraction must be above 0 and at most 1 (e.g. 0.25)")
-    return value
+        number = math.nan
+    if value.isdigit() and number >= 1:
+        return int(value)
+    if 0 < number <= 1:  # NaN is neither
+        return number
+    raise ValueError(
+        f"--visual-tokens {text!r} is not a budget: use all, a number of tokens per video (e.g. 600) or a fraction "
+        "of them above 0 and at most 1 (e.g. 0.25 or 25%)"
+    )
 
 
 def resolve_budget(request: BudgetRequest, full: int, minimum: int) -> int | None:
