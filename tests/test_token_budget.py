@@ -243,3 +243,12 @@ def test_a_base_checkpoint_runs_with_a_budget_training_free(mvgpt_fast_checkpoin
     assert "training-free" in caplog.text
     with pytest.raises(Exception, match="between"):
         VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", visual_tokens=3)
+
+
+def test_a_merged_model_keeps_the_budget_it_was_trained_with(budget_run, tmp_path):
+    from mobilevideogpt import VideoChat
+    from mobilevideogpt.export import merge_checkpoint
+
+    merged = merge_checkpoint(budget_run, tmp_path / "merged")
+    assert json.loads((merged / "config.json").read_text())["visual_token_budget"] == 200
+    assert VideoChat.from_pretrained(merged, device="cpu").visual_tokens == 200

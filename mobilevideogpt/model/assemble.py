@@ -8,7 +8,6 @@ moved to the requested device and dtype, so a merge never rounds through half pr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -255,27 +254,13 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     return model.eval()
 
 
-def recorded_visual_token_budget(source: ModelSource, model: torch.nn.Module) -> int | None:
-    """The visual-token budget the model was trained with: a training checkpoint's config.json records it (the
-    base model's config says what the base was trained with); None is all tokens."""
-    where = source.checkpoint / "config.json" if source.checkpoint is not None else None
-    if where is None or not where.is_file():
-        return model.config.visual_token_budget
-    try:
-        recorded = json.loads(where.read_text()).get("visual_token_budget")
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{where} is not readable JSON ({first_line(err)}); the checkpoint is damaged") from err
-    try:
-        return budget_for(model.config, recorded)
-    except ValueError as err:
-        raise ModelLoadError(f"{where}: visual_token_budget {recorded!r} is not usable ({err})") from err
-
-
 def apply_visual_token_budget(model: torch.nn.Module, source: ModelSource, request: BudgetRequest = None) -> None:
     """Run `model` with `request`'s visual-token budget, or the recorded one when `request` is None; a warning
-    when the two differ (the model then sees other tokens than it was trained on). Raises `ModelLoadError`."""
+    when the two differ (the model then sees other tokens than it was trained on). Raises `ModelLoadError`.
+
+    The recorded budget is the model's config's (`load_model_config`: a training checkpoint's own config.json)."""
     config = model.config
-    recorded = recorded_visual_token_budget(source, model)
+    recorded = config.visual_token_budget
     if request is None:
         chosen = recorded
     else:
