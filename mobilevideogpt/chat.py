@@ -31,7 +31,7 @@ from transformers import TextStreamer
 
 from .checkpoints import ModelSource
 from .constants import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN_INDEX
-from .data.video import VideoInputs
+from .data.video import VideoInputs, load_video_inputs
 from .model.assemble import load_for_inference
 from .model.decoding import GrowingLayer, new_cache
 from .model.splice import splice_visual_tokens
@@ -275,7 +275,7 @@ class VideoChat:
 
     def load_video(self, video_path: str | os.PathLike) -> VideoInputs:
         """Decode + preprocess with the training sampler in the model's geometry; raises `VideoDecodeError`."""
-        return self.processor.load_video(video_path)
+        return load_video_inputs(video_path, num_frames=self.num_frames, image_size=self.image_size)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
