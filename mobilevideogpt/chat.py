@@ -8,7 +8,9 @@
 
 The model is loaded once (`model.assemble`: base checkpoint, hub id, or training output, placed as
 `runtime.plan_inference` decides); each `answer` decodes the video with the training sampler, renders the training
-chat template (`processing`), and generates until `<|im_end|>` (stripped from the text) or `max_new_tokens`.
+chat template (`processing`), and generates until `<|im_end|>` (stripped from the text) or `max_new_tokens`; its
+stages are methods of their own: `_prepare` (prompt ids, cache lookup, decoding), `_encode`, `_generate`,
+`_keep_prefix`, `_result`.
 
 Follow-up questions about the same video are cheap: the chat keeps the KV cache of the last video's prompt prefix
 (system prompt, user header, the 2402 visual tokens and the text before the question), so a second question about
