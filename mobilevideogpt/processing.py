@@ -3,8 +3,8 @@
 In the manner of transformers' `processing_llava.py`: the chat template renders the text with one visual tag, the
 tag becomes one `IMAGE_TOKEN_INDEX` placeholder in the token ids, and the model (`model/splice.py`) replaces that
 placeholder by the video's visual embeddings. The video side is `data.video.load_video_inputs` (the one frame
-sampler and both preprocessors), in the frame geometry `VideoTextProcessor` carries; it sits above this module
-(`VideoChat.load_video` joins the two), so the chat template and the record parser load no video code.
+sampler and both preprocessors) in the frame geometry `VideoTextProcessor` carries. `data/` sits above this
+module (`VideoChat.load_video` joins the two), so the chat template and the record parser load no video code.
 
 Qwen2 ChatML layout of one sample (⏎ = newline, [V] = the placeholder):
 
