@@ -73,6 +73,7 @@ def main() -> None:
     import torch
 
     from bench_inference import model_config, synthetic_video
+    from mobilevideogpt.data.video import load_video_inputs
     from mobilevideogpt.model.modeling import MobileVideoGPTQwenForCausalLM
     from mobilevideogpt.model.token_budget import budget_for, parse_visual_tokens
     from mobilevideogpt.processing import VideoTextProcessor
@@ -88,7 +89,9 @@ def main() -> None:
     processor = VideoTextProcessor.from_model_config(tokenizer, config)
     ids = torch.tensor([processor.prompt_ids(PROMPT)])
     with tempfile.TemporaryDirectory() as tmp:
-        video = processor.load_video(args.video or synthetic_video(Path(tmp)))
+        video = load_video_inputs(
+            args.video or synthetic_video(Path(tmp)), num_frames=processor.num_frames, image_size=processor.image_size
+        )
     clip = model.model.image_vision_tower.features_and_scores(video.context_frames)
 
     answer = greedy_answer(model, prompt_embeddings(model, ids, video, clip, None), args.new_tokens)

@@ -8,7 +8,9 @@
 
 The model is loaded once (`model.assemble`: base checkpoint, hub id, or training output, placed as
 `runtime.plan_inference` decides); each `answer` decodes the video with the training sampler, renders the training
-chat template (`processing`), and generates until `<|im_end|>` (stripped from the text) or `max_new_tokens`.
+chat template (`processing`), and generates until `<|im_end|>` (stripped from the text) or `max_new_tokens`; its
+stages are methods of their own: `_prepare` (prompt ids, cache lookup, decoding), `_encode`, `_generate`,
+`_keep_prefix`, `_result`.
 
 Follow-up questions about the same video are cheap: the chat keeps the KV cache of the last video's prompt prefix
 (system prompt, user header, the 2402 visual tokens and the text before the question), so a second question about
@@ -31,7 +33,7 @@ from transformers import TextStreamer
 
 from .checkpoints import ModelSource
 from .constants import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN_INDEX
-from .data.video import VideoInputs
+from .data.video import VideoInputs, load_video_inputs
 from .model.assemble import load_for_inference
 from .model.decoding import GrowingLayer, new_cache
 from .model.splice import splice_visual_tokens
@@ -150,6 +152,26 @@ class _VideoPrefix:
             and torch.equal(video.frames, mine.frames)
             and torch.equal(video.context_frames, mine.context_frames)
         )
+
+
+@dataclass
+class _Question:
+    """One question ready to encode: its prompt ids, and its video as decoded frames or as the cached prefix
+    of the last video (exactly one of `inputs` / `cached`)."""
+
+    ids: list[int]
+    key: VideoInputs | tuple | None  # what identifies the video to the cache (see `_VideoPrefix.video`)
+    inputs: VideoInputs | None
+    cached: _VideoPrefix | None
+    decoded: bool  # the video file was decoded for this question
+
+    @property
+    def path(self) -> str:
+        return self.inputs.path if self.inputs is not None else self.cached.path
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return list(self.inputs.indices) if self.inputs is not None else self.cached.frame_indices
 
 
 def _file_key(path: str | os.PathLike) -> tuple | None:
@@ -275,7 +297,7 @@ class VideoChat:
 
     def load_video(self, video_path: str | os.PathLike) -> VideoInputs:
         """Decode + preprocess with the training sampler in the model's geometry; raises `VideoDecodeError`."""
-        return self.processor.load_video(video_path)
+        return load_video_inputs(video_path, num_frames=self.num_frames, image_size=self.image_size)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -345,88 +367,116 @@ class VideoChat:
         """
         generation = self.generation_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         start = time.perf_counter()
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty; ask a question about the video")
-        ids = self.processor.prompt_ids(prompt, system=system_prompt)
-        key = video if isinstance(video, VideoInputs) else _file_key(video)
-        cached = self._take_cached(key, ids) if self.keep_video else None
-        inputs = None
-        if cached is None:
-            inputs = video if isinstance(video, VideoInputs) else self.load_video(video)
+        question = self._prepare(video, prompt, system_prompt)
         decoded = time.perf_counter()
         if seed is not None:
             torch.manual_seed(seed)
 
         with torch.inference_mode():
-            input_ids = torch.tensor([ids], device=self.device)
-            if cached is None:
-                features, scores = inputs.context_features, inputs.context_scores  # kept by the caller (live)
-                visual = self.model.model.encode_videos(
-                    inputs.frames[None].to(self.device),
-                    inputs.context_frames[None].to(self.device) if features is None else None,
-                    features[None].to(self.device) if features is not None else None,
-                    scores[None].to(self.device) if scores is not None else None,
-                )
-                cache = new_cache(self.model.config)
+            if question.cached is None:
+                visual, cache = self._encode(question.inputs), new_cache(self.model.config)
             else:
-                visual, cache = cached.visual, cached.cache
+                visual, cache = question.cached.visual, question.cached.cache
             cached_tokens = cache.get_seq_length()
+            input_ids = torch.tensor([question.ids], device=self.device)
             spliced = splice_visual_tokens(input_ids, self.model.model.embed_tokens, visual, padding_side="left")
             self._synchronize()
             encoded = time.perf_counter()
             generation = self._fit_positions(generation, spliced.inputs_embeds.shape[1])
-            streamer = _TimedStreamer(self.tokenizer, on_text)
-            new_ids = self.model.generate(
-                inputs_embeds=spliced.inputs_embeds,
-                attention_mask=spliced.attention_mask,
-                cache=cache,
-                streamer=streamer,
-                **generation,
-            )[0].tolist()
+            new_ids, token_times = self._generate(spliced, cache, generation, on_text)
         finished = time.perf_counter()
 
         if self.keep_video:
-            prefix = self.question_independent_prefix(system_prompt)
-            if cached is None and prefix and ids[: len(prefix)] == prefix:
-                cached = _VideoPrefix(
-                    video=inputs if isinstance(video, VideoInputs) or key is None else key,
-                    path=inputs.path,
-                    frame_indices=list(inputs.indices),
-                    ids=prefix,
-                    visual=visual,
-                    cache=cache,
-                    length=len(prefix) - 1 + visual.shape[1],
-                )
-            if cached is not None:
-                self._keep(cached)
-
-        times = streamer.token_times
-        first = times[0] if times else finished
-        stopped = bool(new_ids) and new_ids[-1] in self.stop_token_ids
-        answer_text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-        answer_text = answer_text.removesuffix(STOP_STRING).rstrip()
+            self._keep_prefix(question, visual, cache, system_prompt)
+        first = token_times[0] if token_times else finished
         timings = Timings(
-            video_decode_s=decoded - start if inputs is not None and not isinstance(video, VideoInputs) else 0.0,
+            video_decode_s=decoded - start if question.decoded else 0.0,
             encode_s=encoded - decoded,
             prefill_s=first - encoded,
-            decode_s=(times[-1] - first) if times else 0.0,
+            decode_s=(token_times[-1] - first) if token_times else 0.0,
             total_s=finished - start,
             new_tokens=len(new_ids),
             cached_tokens=cached_tokens,
         )
+        settings = {
+            "max_new_tokens": generation["max_new_tokens"],
+            **({"max_new_tokens_requested": max_new_tokens} if generation["max_new_tokens"] != max_new_tokens else {}),
+            "temperature": temperature,
+            "top_p": top_p if temperature > 0 else None,
+            "seed": seed,
+        }
+        return self._result(question, prompt, new_ids, timings, settings)
+
+    def _prepare(self, video: str | os.PathLike | VideoInputs, prompt: str, system_prompt: str | None) -> _Question:
+        """The prompt's ids, and the video: served by the cached prefix of the last video, or decoded now."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty; ask a question about the video")
+        ids = self.processor.prompt_ids(prompt, system=system_prompt)
+        key = video if isinstance(video, VideoInputs) else _file_key(video)
+        cached = self._take_cached(key, ids) if self.keep_video else None
+        if cached is not None:
+            return _Question(ids, key, None, cached, decoded=False)
+        if isinstance(video, VideoInputs):
+            return _Question(ids, key, video, None, decoded=False)
+        return _Question(ids, key, self.load_video(video), None, decoded=True)
+
+    def _encode(self, inputs: VideoInputs) -> torch.Tensor:
+        """The video's visual tokens (1, tokens, hidden): both towers, frame selection, the projectors. CLIP
+        features and [CLS] scores the caller kept (live) are used as they are; the scores pick the tokens a
+        visual-token budget keeps."""
+        features, scores = inputs.context_features, inputs.context_scores
+        return self.model.model.encode_videos(
+            inputs.frames[None].to(self.device),
+            inputs.context_frames[None].to(self.device) if features is None else None,
+            features[None].to(self.device) if features is not None else None,
+            scores[None].to(self.device) if scores is not None else None,
+        )
+
+    def _generate(self, spliced, cache, generation: dict, on_text) -> tuple[list[int], list[float]]:
+        """The new token ids after the spliced prompt (its positions past the cache's), and when each arrived."""
+        streamer = _TimedStreamer(self.tokenizer, on_text)
+        new_ids = self.model.generate(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=spliced.attention_mask,
+            cache=cache,
+            streamer=streamer,
+            **generation,
+        )[0].tolist()
+        return new_ids, streamer.token_times
+
+    def _keep_prefix(self, question: _Question, visual: torch.Tensor, cache, system_prompt: str | None) -> None:
+        """Keep the video's prompt prefix and its KV cache for the next question: the prefix that served this
+        one, or this video's own when the prompt starts with the question-independent prefix."""
+        kept = question.cached
+        if kept is None:
+            prefix = self.question_independent_prefix(system_prompt)
+            if not prefix or question.ids[: len(prefix)] != prefix:
+                return
+            inputs = question.inputs
+            kept = _VideoPrefix(
+                video=question.key if question.key is not None else inputs,
+                path=inputs.path,
+                frame_indices=list(inputs.indices),
+                ids=prefix,
+                visual=visual,
+                cache=cache,
+                length=len(prefix) - 1 + visual.shape[1],
+            )
+        self._keep(kept)
+
+    def _result(
+        self, question: _Question, prompt: str, new_ids: list[int], timings: Timings, generation: dict
+    ) -> ChatResult:
+        """The answer's text (stop string and surrounding whitespace removed) and why generation ended."""
+        stopped = bool(new_ids) and new_ids[-1] in self.stop_token_ids
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip().removesuffix(STOP_STRING).rstrip()
         return ChatResult(
-            text=answer_text,
+            text=text,
             prompt=prompt,
-            video_path=inputs.path if inputs is not None else cached.path,
+            video_path=question.path,
             num_new_tokens=len(new_ids),
             finish_reason="stop" if stopped else "length",
-            frame_indices=list(inputs.indices) if inputs is not None else cached.frame_indices,
+            frame_indices=question.frame_indices,
             timings=timings,
-            generation={
-                "max_new_tokens": generation["max_new_tokens"],
-                **({"max_new_tokens_requested": max_new_tokens} if generation["max_new_tokens"] != max_new_tokens else {}),
-                "temperature": temperature,
-                "top_p": top_p if temperature > 0 else None,
-                "seed": seed,
-            },
+            generation=generation,
         )

@@ -3,7 +3,8 @@
 In the manner of transformers' `processing_llava.py`: the chat template renders the text with one visual tag, the
 tag becomes one `IMAGE_TOKEN_INDEX` placeholder in the token ids, and the model (`model/splice.py`) replaces that
 placeholder by the video's visual embeddings. The video side is `data.video.load_video_inputs` (the one frame
-sampler and both preprocessors).
+sampler and both preprocessors) in the frame geometry `VideoTextProcessor` carries. `data/` sits above this
+module (`VideoChat.load_video` joins the two), so the chat template and the record parser load no video code.
 
 Qwen2 ChatML layout of one sample (⏎ = newline, [V] = the placeholder):
 
@@ -33,7 +34,6 @@ does, so an answer is never supervised without a question).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -262,7 +262,8 @@ def tokenize_segments(segments: Sequence[tuple[str, bool]], tokenizer) -> tuple[
 
 
 class VideoTextProcessor:
-    """A tokenizer plus the model's frame geometry: prompts and videos in the form the model takes.
+    """A tokenizer plus the model's frame geometry: prompts in the form the model takes, and the geometry its
+    videos are decoded in (`data.video.load_video_inputs(path, num_frames=..., image_size=...)`).
 
     `num_frames` / `image_size` must be the model's (`from_model_config`); the system prompt is the template's.
     """
@@ -286,9 +287,3 @@ class VideoTextProcessor:
     def conversation_ids(self, conversation: Conversation) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of a whole parsed conversation (training)."""
         return tokenize_segments(conversation.segments(self.system_prompt), self.tokenizer)
-
-    def load_video(self, path: str | os.PathLike):
-        """`data.video.VideoInputs` for `path` in this model's geometry; raises `VideoDecodeError` naming the file."""
-        from .data.video import load_video_inputs
-
-        return load_video_inputs(path, num_frames=self.num_frames, image_size=self.image_size)

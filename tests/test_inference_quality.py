@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mobilevideogpt.chat import VideoChat
+from mobilevideogpt.data.video import load_video_inputs
 from mobilevideogpt.model.assemble import place_for_inference
 from mobilevideogpt.model.splice import splice_visual_tokens
 from mobilevideogpt.processing import VideoTextProcessor
@@ -104,7 +105,9 @@ def test_full_size_auto_and_int8_prefill_match_fp32(linear_kernel, qwen25_tokeni
     finally:
         torch.set_default_dtype(torch.float32)
     processor = VideoTextProcessor.from_model_config(qwen25_tokenizer, model.config)
-    video = processor.load_video(sample_dataset_dir / VIDEO)
+    video = load_video_inputs(
+        sample_dataset_dir / VIDEO, num_frames=processor.num_frames, image_size=processor.image_size
+    )
     ids = torch.tensor([processor.prompt_ids(PROMPT)])
     last, visual = {}, {}  # visual tokens per encoder dtype: plans that share it share the encoders' output
     for name, plan in (

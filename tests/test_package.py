@@ -1,4 +1,5 @@
-"""The package: its constants, and the library/application boundary (the model knows nothing of the rest)."""
+"""The package: its constants, the library/application boundary (the model knows nothing of the rest), and the
+imports between its modules (no circle; the bottom layer imports nothing above it)."""
 
 import ast
 import subprocess
@@ -65,3 +66,57 @@ def test_no_model_module_imports_training_data_evaluation_or_applications():
     for path in sorted((PACKAGE / "model").glob("*.py")):
         imports, _ = _imports_and_calls(path)
         assert not any(name.startswith(forbidden) for name in imports), (path.name, sorted(imports))
+
+
+def _module_names() -> dict[str, Path]:
+    """Dotted name → file of every module of the package (a package by its `__init__.py`)."""
+    names = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = ("mobilevideogpt", *path.relative_to(PACKAGE).with_suffix("").parts)
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _module_imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """The package's modules each module imports, at module level or inside a function: `from . import x` is
+    module x, `from .x import name` is module x."""
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(part for part in (base, node.module or "") if part)
+                found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module for a in node.names}
+        graph[name] = {module for module in found if module in modules and module != name}
+    return graph
+
+
+def test_no_two_modules_import_each_other_even_through_others():
+    graph = _module_imports(_module_names())
+    done: set[str] = set()
+
+    def circle_from(module: str, trail: list[str]) -> list[str] | None:
+        for imported in sorted(graph[module]):
+            if imported in trail:
+                return [*trail[trail.index(imported):], imported]
+            if imported not in done:
+                found = circle_from(imported, [*trail, imported])
+                if found:
+                    return found
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        assert circle_from(module, [module]) is None
+
+
+def test_the_bottom_layer_imports_nothing_above_it():
+    """Chat template and record parser, run folders, errors, constants: what data, model and training stand on."""
+    bottom = {f"mobilevideogpt.{name}" for name in ("processing", "checkpoints", "errors", "constants", "tokenizer")}
+    graph = _module_imports(_module_names())
+    for module in sorted(bottom):
+        assert graph[module] <= bottom, (module, sorted(graph[module] - bottom))

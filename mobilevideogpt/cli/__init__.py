@@ -4,6 +4,10 @@ Each subcommand is one module here exposing `HELP` (its line in `mvgpt --help`),
 and `run(args) -> exit code`. The guide's commands are thin wrappers over the same modules:
 `bash scripts/verify_qved_setup.sh` = `mvgpt verify`, `python utils/qved_from_fine_labels.py` = `mvgpt convert`,
 `bash scripts/finetune_qved.sh` = `mvgpt train`, `python inference.py` = `mvgpt infer`.
+
+The other modules are no subcommands: `common.py` (model options, loading, the one-line errors) and
+`recipe_launch.py` (the finetuning launch `mvgpt train` and `mvgpt demo` share) sit below the subcommands,
+`train_memory.py` is the memory estimate that launch prints, and `train_rank.py` what each training rank runs.
 """
 
 from __future__ import annotations

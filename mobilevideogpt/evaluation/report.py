@@ -74,43 +74,11 @@ def completed_pairs(samples: list[EvalSample], run: ModelRun) -> list[tuple[Eval
 
 
 def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScorer) -> dict[str, Any]:
+    """One model's part of the report: its sample counts and failures, the metrics over its answers, per class,
+    the confusion of exercises, its throughput, and every scored sample."""
     pairs = completed_pairs(samples, run)
-    failures = [
-        {"id": s.id, "video": s.video, "error": run.records[s.id].get("error")}
-        for s in samples
-        if s.id in run.records and run.records[s.id].get("status") != "ok"
-    ]
-    per_sample = []
-    exact, base = [], []
-    for i, (sample, record) in enumerate(pairs):
-        prediction, reference = record["prediction"], sample.reference
-        match = exercise_match(prediction, reference)
-        row = {
-            "id": sample.id,
-            "video": sample.video,
-            "reference": reference,
-            "prediction": prediction,
-            "rouge_l": rouge_l(prediction, reference),
-            "meteor": meteor.score(prediction, reference),
-            "exercise_reference": match.reference,
-            "exercise_predicted": match.predicted,
-            "exercise_exact": match.exact if match.scorable else None,
-            "exercise_base": match.base if match.scorable else None,
-        }
-        if run.bertscore is not None and run.bertscore.f1 is not None:
-            row["bertscore_f1"] = run.bertscore.f1[i]
-        if run.similarity is not None and run.similarity.scores is not None:
-            row["sentence_similarity"] = run.similarity.scores[i]
-        if match.scorable:
-            exact.append(match.exact)
-            base.append(match.base)
-        per_sample.append(row)
-
-    timings = [record["timings"] for _, record in pairs]
-    latencies = [t["total_s"] for t in timings]
-    generation_time = sum(t["prefill_s"] + t["decode_s"] for t in timings)
-    new_tokens = sum(t["new_tokens"] for t in timings)
-    bertscore, similarity = run.bertscore, run.similarity
+    failures = failed_samples(samples, run)
+    per_sample = [score_sample(sample, record, i, run, meteor) for i, (sample, record) in enumerate(pairs)]
     return {
         "label": run.label,
         "model": {k: run.config.get(k) for k in ("model_path", "checkpoint", "base")},
@@ -121,39 +89,88 @@ def summarize_model(samples: list[EvalSample], run: ModelRun, meteor: MeteorScor
             "pending": len(samples) - len(pairs) - len(failures),
         },
         "failures": failures,
-        "metrics": {
-            "exercise_accuracy_exact": _accuracy(exact),
-            "exercise_accuracy_base": _accuracy(base),
-            "rouge_l": {"mean": _mean([r["rouge_l"] for r in per_sample]), "n": len(per_sample)},
-            "meteor": {"mean": _mean([r["meteor"] for r in per_sample]), "n": len(per_sample), "label": meteor.label},
-            "bertscore_f1": {
-                "mean": _mean(bertscore.f1) if bertscore is not None and bertscore.f1 is not None else None,
-                "n": len(bertscore.f1) if bertscore is not None and bertscore.f1 is not None else 0,
-                "note": bertscore.note if bertscore is not None else "BERTScore not requested (--no_bertscore)",
-            },
-            "sentence_similarity": {
-                "mean": _mean(similarity.scores) if similarity is not None and similarity.scores is not None else None,
-                "n": len(similarity.scores) if similarity is not None and similarity.scores is not None else 0,
-                "note": similarity.note if similarity is not None else "not requested (--no_similarity)",
-            },
-        },
+        "metrics": model_metrics(per_sample, run, meteor),
         "per_class": per_class_means(per_sample),
         "confusion": exercise_confusion(per_sample),
-        "throughput": {
-            "mean_time_to_first_token_s": _mean([t["time_to_first_token_s"] for t in timings]),
-            "mean_encode_s": _mean([t["encode_s"] for t in timings]),
-            "mean_prefill_s": _mean([t["prefill_s"] for t in timings]),
-            "mean_decode_tokens_per_s": _mean(
-                [t["decode_tokens_per_s"] for t in timings if t.get("decode_tokens_per_s") is not None]
-            ),
-            "tokens_per_s": new_tokens / generation_time if generation_time > 0 else None,
-            "mean_latency_s": _mean(latencies),
-            "median_latency_s": statistics.median(latencies) if latencies else None,
-            "total_new_tokens": new_tokens,
-            "stopped_at_max_new_tokens": sum(record.get("finish_reason") == "length" for _, record in pairs),
-        },
+        "throughput": throughput([record for _, record in pairs]),
         "run": run.config,
         "per_sample": per_sample,
+    }
+
+
+def failed_samples(samples: list[EvalSample], run: ModelRun) -> list[dict[str, Any]]:
+    """The samples whose prediction failed (an unreadable video), with the recorded error."""
+    return [
+        {"id": s.id, "video": s.video, "error": run.records[s.id].get("error")}
+        for s in samples
+        if s.id in run.records and run.records[s.id].get("status") != "ok"
+    ]
+
+
+def score_sample(sample: EvalSample, record: dict, index: int, run: ModelRun, meteor: MeteorScorer) -> dict[str, Any]:
+    """One answered sample's row: texts, ROUGE-L, METEOR, the exercise named and, when computed for the run,
+    BERTScore and sentence similarity (`index`: the sample's place among the run's completed ones)."""
+    prediction, reference = record["prediction"], sample.reference
+    match = exercise_match(prediction, reference)
+    row = {
+        "id": sample.id,
+        "video": sample.video,
+        "reference": reference,
+        "prediction": prediction,
+        "rouge_l": rouge_l(prediction, reference),
+        "meteor": meteor.score(prediction, reference),
+        "exercise_reference": match.reference,
+        "exercise_predicted": match.predicted,
+        "exercise_exact": match.exact if match.scorable else None,
+        "exercise_base": match.base if match.scorable else None,
+    }
+    if run.bertscore is not None and run.bertscore.f1 is not None:
+        row["bertscore_f1"] = run.bertscore.f1[index]
+    if run.similarity is not None and run.similarity.scores is not None:
+        row["sentence_similarity"] = run.similarity.scores[index]
+    return row
+
+
+def model_metrics(per_sample: list[dict[str, Any]], run: ModelRun, meteor: MeteorScorer) -> dict[str, Any]:
+    """Exercise accuracy (exact and base) over the scorable rows, and the mean of each text metric."""
+    scorable = [row for row in per_sample if row["exercise_exact"] is not None]
+    bertscore, similarity = run.bertscore, run.similarity
+    return {
+        "exercise_accuracy_exact": _accuracy([row["exercise_exact"] for row in scorable]),
+        "exercise_accuracy_base": _accuracy([row["exercise_base"] for row in scorable]),
+        "rouge_l": {"mean": _mean([r["rouge_l"] for r in per_sample]), "n": len(per_sample)},
+        "meteor": {"mean": _mean([r["meteor"] for r in per_sample]), "n": len(per_sample), "label": meteor.label},
+        "bertscore_f1": {
+            "mean": _mean(bertscore.f1) if bertscore is not None and bertscore.f1 is not None else None,
+            "n": len(bertscore.f1) if bertscore is not None and bertscore.f1 is not None else 0,
+            "note": bertscore.note if bertscore is not None else "BERTScore not requested (--no_bertscore)",
+        },
+        "sentence_similarity": {
+            "mean": _mean(similarity.scores) if similarity is not None and similarity.scores is not None else None,
+            "n": len(similarity.scores) if similarity is not None and similarity.scores is not None else 0,
+            "note": similarity.note if similarity is not None else "not requested (--no_similarity)",
+        },
+    }
+
+
+def throughput(records: list[dict]) -> dict[str, Any]:
+    """Time to first token, encoders, prefill, decoding speed and latency over the completed records."""
+    timings = [record["timings"] for record in records]
+    latencies = [t["total_s"] for t in timings]
+    generation_time = sum(t["prefill_s"] + t["decode_s"] for t in timings)
+    new_tokens = sum(t["new_tokens"] for t in timings)
+    return {
+        "mean_time_to_first_token_s": _mean([t["time_to_first_token_s"] for t in timings]),
+        "mean_encode_s": _mean([t["encode_s"] for t in timings]),
+        "mean_prefill_s": _mean([t["prefill_s"] for t in timings]),
+        "mean_decode_tokens_per_s": _mean(
+            [t["decode_tokens_per_s"] for t in timings if t.get("decode_tokens_per_s") is not None]
+        ),
+        "tokens_per_s": new_tokens / generation_time if generation_time > 0 else None,
+        "mean_latency_s": _mean(latencies),
+        "median_latency_s": statistics.median(latencies) if latencies else None,
+        "total_new_tokens": new_tokens,
+        "stopped_at_max_new_tokens": sum(record.get("finish_reason") == "length" for record in records),
     }
 
 

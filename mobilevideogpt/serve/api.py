@@ -265,8 +265,15 @@ def _failure(event) -> APIError:
 
 
 def build_router(ctx: ServerContext) -> APIRouter:
+    """The API's routes: status (`/health`, `/v1/models`), files (`/v1/files`), chat (`/v1/chat/completions`)."""
     router = APIRouter()
+    _add_status_routes(router, ctx)
+    _add_file_routes(router, ctx)
+    _add_chat_route(router, ctx)
+    return router
 
+
+def _add_status_routes(router: APIRouter, ctx: ServerContext) -> None:
     @router.get("/health")
     async def health() -> dict:
         return {"status": "ok", "models": [m.id for m in ctx.models], "queue": ctx.worker.snapshot()}
@@ -281,32 +288,13 @@ def build_router(ctx: ServerContext) -> APIRouter:
             ],
         }
 
+
+def _add_file_routes(router: APIRouter, ctx: ServerContext) -> None:
+    """Upload (multipart), list, look up and delete the videos of `POST /v1/files`."""
+
     @router.post("/v1/files")
     async def upload_file(request: Request) -> JSONResponse:
-        try:
-            form = await request.form(max_files=1, max_fields=8)
-        except APIError:
-            raise
-        except Exception as err:
-            raise APIError(
-                400, f"send the video as multipart/form-data with a `file` field ({err})", "invalid_body"
-            ) from err
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise APIError(400, "multipart field `file` with the video is missing", "missing_file", "file")
-
-            async def chunks() -> AsyncIterator[bytes]:
-                while chunk := await upload.read(CHUNK_BYTES):
-                    yield chunk
-
-            purpose = form.get("purpose")
-            stored = await ctx.uploads.save(
-                chunks(), upload.filename or "", purpose if isinstance(purpose, str) else "user_data"
-            )
-        finally:
-            await form.close()
-        return JSONResponse(stored.to_openai())
+        return JSONResponse((await save_upload(ctx, request)).to_openai())
 
     @router.get("/v1/files")
     async def list_files() -> dict:
@@ -320,66 +308,39 @@ def build_router(ctx: ServerContext) -> APIRouter:
     async def delete_file(file_id: str) -> dict:
         return {"id": ctx.uploads.delete(file_id).id, "object": "file", "deleted": True}
 
-    def locate(url: str) -> tuple[Path, bool]:
-        """The file a video URL names, and whether it is a temporary copy (of a data URL) to delete."""
-        if url.startswith("data:"):
-            return ctx.uploads.write_temporary(decode_data_url(url, ctx.max_upload_bytes)), True
-        if url.startswith("file:"):
-            try:
-                path = ctx.roots.resolve_file_url(url)
-            except PathNotAllowed as err:
-                raise APIError(403, str(err), "path_not_allowed", "messages") from err
-            except ValueError as err:
-                raise APIError(400, str(err), "invalid_video_url", "messages") from err
-            if not path.is_file():
-                raise APIError(404, f"no such file: {url[:200]}", "file_not_found", "messages")
-            return path, False
-        if FILE_ID.fullmatch(url):
-            return ctx.uploads.get(url).path, False
+
+async def save_upload(ctx: ServerContext, request: Request):
+    """Store the multipart request's `file` field in the uploads folder, streamed in chunks."""
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except APIError:
+        raise
+    except Exception as err:
         raise APIError(
-            400,
-            "video_url.url must be a data: URL, the id of a file uploaded with POST /v1/files, or a file:// path "
-            "under an allowed directory; this server does not fetch remote URLs",
-            "invalid_video_url",
-            "messages",
+            400, f"send the video as multipart/form-data with a `file` field ({err})", "invalid_body"
+        ) from err
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "multipart field `file` with the video is missing", "missing_file", "file")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await upload.read(CHUNK_BYTES):
+                yield chunk
+
+        purpose = form.get("purpose")
+        return await ctx.uploads.save(
+            chunks(), upload.filename or "", purpose if isinstance(purpose, str) else "user_data"
         )
+    finally:
+        await form.close()
 
-    async def queue_job(chat: ChatRequest) -> Job:
-        """Take a place in the queue on arrival, then fetch and decode the video (off the event loop)."""
-        try:
-            job = ctx.worker.reserve()
-        except QueueFull as err:
-            raise queue_full_error(err) from err
-        except WorkerClosed as err:
-            raise APIError(503, str(err), "shutting_down") from err
-        try:
-            path, temporary = await asyncio.to_thread(locate, chat.video_url)
-        except BaseException:
-            job.cancel()
-            raise
-        try:
-            return await prepare(job, chat.model, path, chat.prompt, **chat.settings())
-        except (VideoDecodeError, NotAVideoError) as err:
-            raise video_error(err) from err
-        finally:
-            if temporary:
-                path.unlink(missing_ok=True)
 
+def _add_chat_route(router: APIRouter, ctx: ServerContext) -> None:
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        # Browsers send only "simple" content types across sites without asking first: requiring JSON keeps
-        # pages from other origins from queueing work here.
-        if not request.headers.get("content-type", "").lower().startswith("application/json"):
-            raise APIError(
-                415, "send the request as JSON with the header Content-Type: application/json", "invalid_content_type"
-            )
-        try:
-            # A body with an inline video can be large: parse it off the event loop.
-            body = await asyncio.to_thread(json.loads, await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from err
-        chat = parse_chat_request(body, ctx)
-        job = await queue_job(chat)
+        chat = parse_chat_request(await read_json_body(request), ctx)
+        job = await queue_job(ctx, chat)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if chat.stream:
@@ -392,68 +353,133 @@ def build_router(ctx: ServerContext) -> APIRouter:
             )
         return await complete_answer(request, job, chat, completion_id, created)
 
-    async def complete_answer(request: Request, job: Job, chat: ChatRequest, completion_id: str, created: int):
-        async def cancel_when_gone() -> None:
-            while not await request.is_disconnected():
-                await asyncio.sleep(DISCONNECT_POLL_S)
-            job.cancel()
 
-        watcher = asyncio.create_task(cancel_when_gone())
+async def read_json_body(request: Request) -> Any:
+    """The request's JSON body; 415 unless it is sent as JSON, 400 when it does not parse."""
+    # Browsers send only "simple" content types across sites without asking first: requiring JSON keeps
+    # pages from other origins from queueing work here.
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
+        raise APIError(
+            415, "send the request as JSON with the header Content-Type: application/json", "invalid_content_type"
+        )
+    try:
+        # A body with an inline video can be large: parse it off the event loop.
+        return await asyncio.to_thread(json.loads, await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"the request body is not valid JSON: {err}", "invalid_json") from err
+
+
+def locate_video(ctx: ServerContext, url: str) -> tuple[Path, bool]:
+    """The file a video URL names, and whether it is a temporary copy (of a data URL) to delete."""
+    if url.startswith("data:"):
+        return ctx.uploads.write_temporary(decode_data_url(url, ctx.max_upload_bytes)), True
+    if url.startswith("file:"):
         try:
-            async for event in job.events():
-                if event.kind == "finished":
-                    result = event.result
-                    return JSONResponse(
-                        {
-                            "id": completion_id,
-                            "object": "chat.completion",
-                            "created": created,
-                            "model": chat.model.id,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "message": {"role": "assistant", "content": result.text},
-                                    "logprobs": None,
-                                    "finish_reason": result.finish_reason,
-                                }
-                            ],
-                            "usage": _usage(chat, result),
-                            "timings": result.timings.to_dict(),
-                        }
-                    )
-                if event.final:
-                    return _failure(event).response()
-        finally:
-            watcher.cancel()
-            job.cancel()
+            path = ctx.roots.resolve_file_url(url)
+        except PathNotAllowed as err:
+            raise APIError(403, str(err), "path_not_allowed", "messages") from err
+        except ValueError as err:
+            raise APIError(400, str(err), "invalid_video_url", "messages") from err
+        if not path.is_file():
+            raise APIError(404, f"no such file: {url[:200]}", "file_not_found", "messages")
+        return path, False
+    if FILE_ID.fullmatch(url):
+        return ctx.uploads.get(url).path, False
+    raise APIError(
+        400,
+        "video_url.url must be a data: URL, the id of a file uploaded with POST /v1/files, or a file:// path "
+        "under an allowed directory; this server does not fetch remote URLs",
+        "invalid_video_url",
+        "messages",
+    )
 
-    async def stream_answer(job: Job, chat: ChatRequest, completion_id: str, created: int) -> AsyncIterator[str]:
-        # Cancelled by Starlette when the client disconnects: `finally` then frees the model.
-        try:
-            yield _chunk(completion_id, created, chat.model.id, {"role": "assistant", "content": ""})
-            async for event in job.events():
-                if event.kind == "queued":
-                    yield f": queued, {event.ahead} requests ahead\n\n"
-                elif event.kind == "text":
-                    yield _chunk(completion_id, created, chat.model.id, {"content": event.text})
-                elif event.kind == "finished":
-                    result = event.result
-                    timings = result.timings.to_dict()
-                    yield _chunk(completion_id, created, chat.model.id, {}, result.finish_reason, timings=timings)
-                    if chat.include_usage:
-                        usage = {
-                            "id": completion_id,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": chat.model.id,
-                            "choices": [],
-                            "usage": _usage(chat, result),
-                        }
-                        yield f"data: {json.dumps(usage)}\n\n"
-                elif event.final:
-                    yield f"data: {json.dumps(_failure(event).body())}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            job.cancel()
 
-    return router
+async def queue_job(ctx: ServerContext, chat: ChatRequest) -> Job:
+    """Take a place in the queue on arrival, then fetch and decode the video (off the event loop)."""
+    try:
+        job = ctx.worker.reserve()
+    except QueueFull as err:
+        raise queue_full_error(err) from err
+    except WorkerClosed as err:
+        raise APIError(503, str(err), "shutting_down") from err
+    try:
+        path, temporary = await asyncio.to_thread(locate_video, ctx, chat.video_url)
+    except BaseException:
+        job.cancel()
+        raise
+    try:
+        return await prepare(job, chat.model, path, chat.prompt, **chat.settings())
+    except (VideoDecodeError, NotAVideoError) as err:
+        raise video_error(err) from err
+    finally:
+        if temporary:
+            path.unlink(missing_ok=True)
+
+
+async def complete_answer(request: Request, job: Job, chat: ChatRequest, completion_id: str, created: int):
+    """The whole answer as one `chat.completion`; the job is cancelled if the client leaves before it is done."""
+
+    async def cancel_when_gone() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        job.cancel()
+
+    watcher = asyncio.create_task(cancel_when_gone())
+    try:
+        async for event in job.events():
+            if event.kind == "finished":
+                result = event.result
+                return JSONResponse(
+                    {
+                        "id": completion_id,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": chat.model.id,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": result.text},
+                                "logprobs": None,
+                                "finish_reason": result.finish_reason,
+                            }
+                        ],
+                        "usage": _usage(chat, result),
+                        "timings": result.timings.to_dict(),
+                    }
+                )
+            if event.final:
+                return _failure(event).response()
+    finally:
+        watcher.cancel()
+        job.cancel()
+
+
+async def stream_answer(job: Job, chat: ChatRequest, completion_id: str, created: int) -> AsyncIterator[str]:
+    """The answer as server-sent `chat.completion.chunk` events, then `[DONE]`."""
+    # Cancelled by Starlette when the client disconnects: `finally` then frees the model.
+    try:
+        yield _chunk(completion_id, created, chat.model.id, {"role": "assistant", "content": ""})
+        async for event in job.events():
+            if event.kind == "queued":
+                yield f": queued, {event.ahead} requests ahead\n\n"
+            elif event.kind == "text":
+                yield _chunk(completion_id, created, chat.model.id, {"content": event.text})
+            elif event.kind == "finished":
+                result = event.result
+                timings = result.timings.to_dict()
+                yield _chunk(completion_id, created, chat.model.id, {}, result.finish_reason, timings=timings)
+                if chat.include_usage:
+                    usage = {
+                        "id": completion_id,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": chat.model.id,
+                        "choices": [],
+                        "usage": _usage(chat, result),
+                    }
+                    yield f"data: {json.dumps(usage)}\n\n"
+            elif event.final:
+                yield f"data: {json.dumps(_failure(event).body())}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()
