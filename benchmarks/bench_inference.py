@@ -55,6 +55,28 @@ def load_average() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo ("model name"), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_kind() -> str:
+    """What the table header names: the CPU's model, its core count and the vector features the plan follows."""
+    from mobilevideogpt.runtime import cpu_features
+
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, {cpu_features().describe()}"
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
@@ -347,7 +369,7 @@ def main() -> None:
         for process in busy:
             process.kill()
     size = "published architecture (random weights)" if args.full_size else "tiny (random weights)"
-    print(f"\n{size}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
+    print(f"\n{size} on {cpu_kind()}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
