@@ -17,7 +17,7 @@ Each path runs in its own process (so its peak RSS is its own), in the order giv
 
 Every generation decodes exactly --new-tokens tokens (end-of-turn held back). One warm-up run (a short prompt, two
 tokens) precedes the timed one in each process. `--busy N` runs N CPU-bound processes (busy loops) alongside every
-measurement, the "one other CPU job" case. The machine's load average is printed with the table: on a shared
+measurement, the "one other CPU job" case. The table names the CPU it ran on and prints the load average: on a shared
 machine read the ratios (measured in the same run), not the seconds.
 
 Reference: the Mobile-VideoGPT paper reports 45.9 tokens/s (0.5B) on an RTX A6000 and 7.3 tokens/s on a Jetson
@@ -295,7 +295,8 @@ def print_table(rows: dict[str, list[dict]]) -> None:
     bare_cpu = statistics.median(r["decode_cpu_s_per_token"] for r in bare) if bare else None
     print(
         "| path | video decode | encoders | prefill | time to first token | decode | decode CPU time | follow-up TTFT "
-        "| peak RSS | TTFT / bare prefill (CPU-time view) | decode / bare decode (CPU-time view) | follow-up / bare prefill |"
+        "| peak RSS | TTFT / bare prefill (CPU-time view) | decode / bare decode (CPU-time view) "
+        "| follow-up / bare prefill |"
     )
     print("|---" * 12 + "|")
     for path, runs in rows.items():

@@ -248,4 +248,5 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_REUSE_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_FREE_BYTES))
+    reuse = mallopt(_M_MMAP_THRESHOLD, MALLOC_REUSE_BYTES)
+    return bool(reuse) and bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_FREE_BYTES))
