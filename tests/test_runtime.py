@@ -97,7 +97,8 @@ def test_explicit_dtype_and_int8(monkeypatch):
 # ---------------------------------------------------------------- the C allocator during CPU inference
 
 # In a fresh process: place a tiny model for CPU inference (or not), then free and re-allocate a 64 MiB buffer and
-# count the page faults of the second round. Prints "<whether the setting is in force> <faults>".
+# count the page faults of each new round: the fewest of four, since now and then one round's block is mapped afresh
+# even with the setting (seen in 1 of 3 single-round runs). Prints "<whether the setting is in force> <faults>".
 ALLOCATOR_PROBE = """
 import resource, sys, torch
 from mobilevideogpt import runtime
@@ -106,10 +107,13 @@ from mobilevideogpt.model.tiny import build_tiny_model
 if sys.argv[1] == "place":
     place_for_inference(build_tiny_model(seed=0), runtime.plan_inference("cpu", "fp32"))
 torch.empty(2**24).fill_(1.0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.empty(2**24).fill_(2.0)
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(2**24).fill_(2.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 called = runtime.reuse_freed_memory.cache_info().currsize > 0
-print(called and runtime.reuse_freed_memory(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(called and runtime.reuse_freed_memory(), min(faults))
 """
 
 
