@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -65,8 +66,6 @@ def cpu_model_name() -> str:
                     return value.strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or "unknown CPU"
 
 
