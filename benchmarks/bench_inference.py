@@ -22,7 +22,7 @@ Each path runs in its own process (so its peak RSS is its own), in the order giv
 
 Every generation decodes exactly --new-tokens tokens (end-of-turn held back). One warm-up run (a short prompt, two
 tokens) precedes the timed one in each process. `--busy N` runs N CPU-bound processes (busy loops) alongside every
-measurement, the "one other CPU job" case. The machine's load average is printed with the table: on a shared
+measurement, the "one other CPU job" case. The table names the CPU it ran on and prints the load average: on a shared
 machine read the ratios (measured in the same run), not the seconds.
 
 Reference: the Mobile-VideoGPT paper reports 45.9 tokens/s (0.5B) on an RTX A6000 and 7.3 tokens/s on a Jetson
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -58,6 +59,26 @@ PROJECT_PATHS = {  # name → (dtype, quantize)
 def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo ("model name"), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_kind() -> str:
+    """What the table header names: the CPU's model, its core count and the vector features the plan follows."""
+    from mobilevideogpt.runtime import cpu_features
+
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, {cpu_features().describe()}"
 
 
 def peak_rss_gib() -> float:
@@ -140,6 +161,7 @@ def run_bare(args, config, tokenizer) -> dict:
         "cpu_share": (clock.cpu[-1] - clock.cpu[0]) / (clock.wall[-1] - clock.wall[0]),
         "prompt_tokens": length,
         "ttft_s": rates["prefill_s"],
+        "ttft_cpu_s": rates["prefill_cpu_s"],
         "new_tokens": out.shape[1] - length,
     }
 
@@ -215,6 +237,7 @@ def run_project(args, config, tokenizer, video: Path, dtype: str, quantize: str 
         "encoder_stages_s": encoder_stages,
         "prefill_s": new.prefill_s,
         "ttft_s": new.time_to_first_token_s,
+        "ttft_cpu_s": llm["prefill_cpu_s"],  # from start(): video decode, encoders and prefill
         "decode_tok_s": llm["decode_tok_s"],
         "decode_cpu_s_per_token": llm["decode_cpu_s_per_token"],
         "new_tokens": new.new_tokens,
@@ -276,11 +299,13 @@ def summarise(values: list[float], fmt: str) -> str:
 def print_table(rows: dict[str, list[dict]]) -> None:
     bare = rows.get("bare")
     bare_prefill = statistics.median(r["prefill_s"] for r in bare) if bare else None
+    bare_prefill_cpu = statistics.median(r["ttft_cpu_s"] for r in bare) if bare else None
     bare_decode = statistics.median(r["decode_tok_s"] for r in bare) if bare else None
     bare_cpu = statistics.median(r["decode_cpu_s_per_token"] for r in bare) if bare else None
     print(
         "| path | video decode | encoders | prefill | time to first token | decode | decode CPU time | follow-up TTFT "
-        "| peak RSS | TTFT / bare prefill | decode / bare decode (CPU-time view) | follow-up / bare prefill |"
+        "| peak RSS | TTFT / bare prefill (CPU-time view) | decode / bare decode (CPU-time view) "
+        "| follow-up / bare prefill |"
     )
     print("|---" * 12 + "|")
     for path, runs in rows.items():
@@ -296,7 +321,10 @@ def print_table(rows: dict[str, list[dict]]) -> None:
         ]
         if bare_prefill:
             cells += [
-                summarise([r["ttft_s"] / bare_prefill for r in runs], "{:.2f}×"),
+                summarise([r["ttft_s"] / bare_prefill for r in runs], "{:.2f}×")
+                + " ("
+                + summarise([r["ttft_cpu_s"] / bare_prefill_cpu for r in runs], "{:.2f}×")
+                + ")",
                 summarise([r["decode_tok_s"] / bare_decode for r in runs], "{:.2f}×")
                 + " ("
                 + summarise([bare_cpu / r["decode_cpu_s_per_token"] for r in runs], "{:.2f}×")
@@ -362,7 +390,7 @@ def main() -> None:
         for process in busy:
             process.kill()
     size = "published architecture (random weights)" if args.full_size else "tiny (random weights)"
-    print(f"\n{size}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
+    print(f"\n{size} on {cpu_kind()}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
@@ -219,3 +220,33 @@ def plan_inference(
     if not automatic:
         return InferencePlan(resolved, uniform, uniform, weights, uniform)
     return InferencePlan(resolved, fast, torch.float32, weights, fast)
+
+
+# ---------------------------------------------------------------- the C allocator during CPU inference
+
+# glibc hands every block above its mmap threshold (dynamic, at most 32 MiB) straight back to the kernel when it is
+# freed, so each large temporary of a prefill or an encoder (an MLP's 2432 x 4864 fp32 activations: 47 MB; a CLIP
+# layer's 39 MB) is mapped afresh and every page of it faulted in and zeroed on first touch. Measured on 2 loaded
+# cores of an AVX2 EPYC, the 24 silu(gate) * up products of a full-size prefill: 554k page faults and 1.4 s of
+# system time -> none, 3.5 -> 0.95 s wall; ten 2432 x 896 by 896 x 4864 matmuls 4.1 -> 2.7 s.
+MALLOC_REUSE_BYTES = 256 * 2**20  # blocks up to this size come from (and go back to) the heap
+MALLOC_KEEP_FREE_BYTES = 1024 * 2**20  # free memory the heap's top may hold before it is returned to the kernel
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+@functools.lru_cache(maxsize=1)
+def reuse_freed_memory() -> bool:
+    """Make glibc keep large freed blocks for reuse instead of unmapping them (see MALLOC_REUSE_BYTES), once per
+    process; True when the setting is in force. A process whose environment sets glibc's malloc variables keeps
+    them (the setting is theirs), and other C libraries are left alone. The cost: up to MALLOC_KEEP_FREE_BYTES of
+    freed memory may stay resident after a prefill instead of going back to the system at once."""
+    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in MALLOC_ENV):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    reuse = mallopt(_M_MMAP_THRESHOLD, MALLOC_REUSE_BYTES)
+    return bool(reuse) and bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_KEEP_FREE_BYTES))

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
 from ..errors import ModelLoadError, first_line, one_line
-from ..runtime import InferencePlan, plan_inference
+from ..runtime import InferencePlan, plan_inference, reuse_freed_memory
 from .configuration import check_token_pipeline
 from .loading import CheckpointLoadError
 from .state_dicts import diff_state_dicts, preview
@@ -232,7 +232,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     linear and embedding weights are packed (`lowp.pack_language_model`) straight from the dtype they have, one
     layer at a time, so a model built or loaded in bf16 is packed to bf16 without any copy and peak memory stays
     near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. On the CPU the
-    decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time).
+    decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time), and large freed
+    blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
     """
     from .decoding import use_packed_attention
     from .lowp import pack_language_model
@@ -251,6 +252,7 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
         module.to(dtype=plan.encoder_dtype)
     if plan.device.type == "cpu":
         use_packed_attention(model)
+        reuse_freed_memory()
     return model.eval()
 
 
