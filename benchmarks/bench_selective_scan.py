@@ -35,7 +35,8 @@ from typing import Callable
 
 import torch
 
-from mobilevideogpt.model import scan, scan_cpu
+from mobilevideogpt.engine import scan_cpu
+from mobilevideogpt.model import scan
 
 L, DIM, N = 1569, 1152, 16
 SCANS_PER_CLIP = 64  # 32 layers x 2 directions

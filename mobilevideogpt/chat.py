@@ -35,7 +35,7 @@ from .checkpoints import ModelSource
 from .constants import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN_INDEX
 from .data.video import VideoInputs, load_video_inputs
 from .model.assemble import load_for_inference
-from .model.decoding import GrowingLayer, new_cache
+from .engine.decoding import GrowingLayer, new_cache
 from .model.splice import splice_visual_tokens
 from .model.token_budget import BudgetRequest
 from .processing import STOP_STRING, VideoTextProcessor

@@ -141,7 +141,7 @@ class InferencePlan:
     encoder_dtype: CLIP, VideoMamba and both projectors (the selective scan keeps fp32 state in any case).
     llm_dtype: the language model's hidden states, and its weights unless `llm_weights` packs them.
     llm_weights: None, or "bf16" / "int8": the LLM's linear and embedding weights stored that way and computed with
-      in fp32 (`model/lowp.py`): decode steps through the compiled kernel, prefills widened to `prefill_dtype`.
+      in fp32 (`engine/lowp.py`): decode steps through the compiled kernel, prefills widened to `prefill_dtype`.
     """
 
     device: torch.device
@@ -175,7 +175,7 @@ def _lowp_kernel_problem() -> str | None:
     features = cpu_features()
     if not features.vector_kernels:
         return f"the compiled low-precision kernel needs an x86-64 CPU with AVX2 (this one: {features.describe()})"
-    from .model import linear_cpu
+    from .engine import linear_cpu
 
     if linear_cpu.load_kernel() is None:
         return f"the compiled low-precision kernel is unavailable ({linear_cpu.build_error()})"

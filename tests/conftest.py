@@ -88,7 +88,7 @@ def cpu_plan(monkeypatch):
 @pytest.fixture(scope="session")
 def linear_kernel():
     """The compiled low-precision linear kernel, built (a machine without a C++ compiler cannot run the packed paths)."""
-    from mobilevideogpt.model import linear_cpu, native
+    from mobilevideogpt.engine import linear_cpu, native
 
     if linear_cpu.load_kernel() is None:
         if native.compiler() is None:

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from mobilevideogpt.model.decoding import ATTENTION, GrowingLayer, new_cache, packed_sdpa_attention, use_packed_attention
+from mobilevideogpt.engine.decoding import ATTENTION, GrowingLayer, new_cache, packed_sdpa_attention, use_packed_attention
 
 
 def small_qwen2() -> Qwen2ForCausalLM:

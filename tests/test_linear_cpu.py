@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from mobilevideogpt.model import linear_cpu
-from mobilevideogpt.model.lowp import quantize_rows
+from mobilevideogpt.engine import linear_cpu
+from mobilevideogpt.engine.lowp import quantize_rows
 
 
 def stored(n: int, k: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

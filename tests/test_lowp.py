@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.model import linear_cpu
-from mobilevideogpt.model.lowp import (
+from mobilevideogpt.engine import linear_cpu
+from mobilevideogpt.engine.lowp import (
     KERNEL_ROWS,
     LowPrecisionEmbedding,
     LowPrecisionLinear,

@@ -115,8 +115,13 @@ def test_no_two_modules_import_each_other_even_through_others():
 
 
 def test_the_bottom_layer_imports_nothing_above_it():
-    """Chat template and record parser, run folders, errors, constants: what data, model and training stand on."""
-    bottom = {f"mobilevideogpt.{name}" for name in ("processing", "checkpoints", "errors", "constants", "tokenizer")}
-    graph = _module_imports(_module_names())
+    """Chat template and record parser, run folders, errors, constants, where and how a model runs (runtime and the
+    CPU engine): what data, model and training stand on."""
+    modules = _module_names()
+    bottom = {f"mobilevideogpt.{name}" for name in ("processing", "checkpoints", "errors", "constants", "tokenizer",
+                                                    "runtime")}  # fmt: skip
+    bottom |= {name for name in modules if name.startswith("mobilevideogpt.engine")}
+    assert "mobilevideogpt.engine.lowp" in bottom
+    graph = _module_imports(modules)
     for module in sorted(bottom):
         assert graph[module] <= bottom, (module, sorted(graph[module] - bottom))

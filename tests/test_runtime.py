@@ -13,7 +13,7 @@ import torch
 
 from mobilevideogpt import runtime
 from mobilevideogpt.errors import ModelLoadError
-from mobilevideogpt.model import linear_cpu
+from mobilevideogpt.engine import linear_cpu
 from mobilevideogpt.runtime import CpuFeatures, cpu_features, cpuinfo_flags, plan_inference, resolve_device, resolve_dtype
 
 

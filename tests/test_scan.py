@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.model import native, scan, scan_cpu
+from mobilevideogpt.engine import native, scan_cpu
+from mobilevideogpt.model import scan
 from mobilevideogpt.model.scan import (
     BACKEND_ENV,
     causal_conv1d,

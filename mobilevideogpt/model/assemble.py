@@ -235,8 +235,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time), and large freed
     blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
     """
-    from .decoding import use_packed_attention
-    from .lowp import pack_language_model
+    from ..engine.decoding import use_packed_attention
+    from ..engine.lowp import pack_language_model
 
     vision = vision_modules(model)
     if plan.llm_weights is None:

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.model import scan_cpu
+from mobilevideogpt.engine import scan_cpu
 
 logger = logging.getLogger(__name__)
 

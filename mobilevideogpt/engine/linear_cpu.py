@@ -10,7 +10,7 @@ does not keep up with memory), and torchao's int8 weight-only linear was 2.2x sl
 4.3x slower compiled (after a 70 s compile) on this CPU.
 
 ``linear_lowp`` takes at most ``MAX_ROWS`` activation rows; longer inputs (a prefill) are multiplied by the widened
-weight with torch's matrix multiply instead (``model/lowp.py`` decides). ``load_kernel()`` returns ``None`` when the
+weight with torch's matrix multiply instead (``lowp.py`` decides). ``load_kernel()`` returns ``None`` when the
 kernel cannot be built or safely loaded here (the reason is kept in ``build_error()``).
 """
 
