@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -59,26 +58,6 @@ PROJECT_PATHS = {  # name → (dtype, quantize)
 def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
-
-
-def cpu_model_name() -> str:
-    """The CPU's marketing name from /proc/cpuinfo ("model name"), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_kind() -> str:
-    """What the table header names: the CPU's model, its core count and the vector features the plan follows."""
-    from mobilevideogpt.runtime import cpu_features
-
-    return f"{cpu_model_name()}, {os.cpu_count()} cores, {cpu_features().describe()}"
 
 
 def peak_rss_gib() -> float:
@@ -389,8 +368,11 @@ def main() -> None:
     finally:
         for process in busy:
             process.kill()
+    from mobilevideogpt.runtime import cpu_features
+
     size = "published architecture (random weights)" if args.full_size else "tiny (random weights)"
-    print(f"\n{size} on {cpu_kind()}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
+    machine = cpu_features().describe_machine()
+    print(f"\n{size} on {machine}, {args.new_tokens} greedy tokens, {args.busy} busy process(es) alongside\n")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -186,7 +186,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     tokenizer = build_qwen25_tokenizer()
     load = os.getloadavg()
-    print(f"CPU {cpu_features().describe()}, torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+    print(f"CPU {cpu_features().describe_machine()}, torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         video = synthetic_session(Path(tmp), args.seconds)

@@ -75,6 +75,7 @@ class CpuFeatures:
     machine: str  # platform.machine(), e.g. "x86_64"
     isa: str  # the vector ISA torch dispatches to: torch.backends.cpu.get_cpu_capability() ("AVX2", "AVX512", ...)
     flags: frozenset[str]  # /proc/cpuinfo "flags" of the first CPU (empty where that file is not readable)
+    model: str = ""  # /proc/cpuinfo "model name", e.g. "AMD EPYC 7B13" (empty where it does not say)
 
     @property
     def bf16_matmul(self) -> bool:
@@ -91,14 +92,23 @@ class CpuFeatures:
         extra = [flag for flag in BF16_MATMUL_FLAGS if flag in self.flags]
         return f"{self.machine} {self.isa}" + (f" + {', '.join(extra)}" if extra else "")
 
+    def describe_machine(self) -> str:
+        """What a benchmark names beside its figures: the CPU's model, the cores and `describe()`."""
+        return f"{self.model or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores, {self.describe()}"
+
+
+def cpuinfo_value(text: str, keys: tuple[str, ...]) -> str | None:
+    """The value of the first of `keys` in the first processor of /proc/cpuinfo text, or None."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
 
 def cpuinfo_flags(text: str) -> frozenset[str]:
     """The `flags` (x86) or `Features` (ARM) of the first processor in /proc/cpuinfo text."""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+    return frozenset((cpuinfo_value(text, ("flags", "Features")) or "").split())
 
 
 # Edits of the detected flags, e.g. "-bf16" (the AVX2 plan on a CPU with bf16 units) or "+bf16" (the bf16 plan on
@@ -127,11 +137,12 @@ def cpu_features() -> CpuFeatures:
     """This CPU's features, with the edits of $MVGPT_CPU_FEATURES applied (read once per process)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = cpuinfo_flags(f.read())
+            text = f.read()
     except OSError:
-        flags = frozenset()
-    flags = edit_flags(flags, os.environ.get(CPU_FEATURES_ENV, ""))
-    return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags)
+        text = ""
+    flags = edit_flags(cpuinfo_flags(text), os.environ.get(CPU_FEATURES_ENV, ""))
+    model = cpuinfo_value(text, ("model name",)) or ""
+    return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags, model)
 
 
 @dataclass(frozen=True)

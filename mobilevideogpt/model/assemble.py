@@ -21,7 +21,6 @@ from safetensors import safe_open
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
 from ..errors import ModelLoadError, first_line, one_line
 from ..runtime import InferencePlan, plan_inference, reuse_freed_memory
-from .configuration import check_token_pipeline
 from .loading import CheckpointLoadError
 from .state_dicts import diff_state_dicts, preview
 from .token_budget import BudgetRequest, budget_for, describe_budget
@@ -277,8 +276,7 @@ def apply_visual_token_budget(model: torch.nn.Module, source: ModelSource, reque
             source.model_path, describe_budget(recorded, full), describe_budget(chosen, full),
             " (training-free: answers differ somewhat from the full budget's)" if recorded is None else "",
         )  # fmt: skip
-    config.visual_token_budget = chosen
-    check_token_pipeline(config)
+    config.visual_token_budget = chosen  # `budget_for` checked it against the config's geometry
 
 
 @dataclass

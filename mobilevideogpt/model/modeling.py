@@ -61,7 +61,9 @@ class MobileVideoGPTQwenModel(Qwen2Model):
     def clip_frame_features(self, context_frames: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) CLIP-preprocessed frames → (N, L, Dc) patch features, each frame's as `encode_videos`
         computes it: stacked per video, they can be passed back as `clip_features` (no CLIP forward then)."""
-        return self.encode_clip_frames(context_frames)[0]
+        if not self.config.has_vision:
+            raise ValueError("This model has no vision modules (config.mm_vision_tower is unset)")
+        return self.image_vision_tower(context_frames.to(self.embed_tokens.weight.device))
 
     def encode_clip_frames(self, context_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`clip_frame_features` and, when the model runs with a visual-token budget, the (N, L) [CLS]-attention
