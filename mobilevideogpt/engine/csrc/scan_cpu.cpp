@@ -25,9 +25,10 @@ constexpr int kSteps = 64;  // time steps per tile of transposed inputs
 enum : int32_t { kF32 = 0, kBF16 = 1 };  // element types, as passed in `dtypes`
 
 // Constants passed at run time on purpose: with literal clamp bounds GCC turns the clamped ends of exp_f into
-// branches (it constant-folds them) and then refuses to vectorise every loop that calls it.
+// branches (it constant-folds them), and a select between literal 0 and 1 in log1p_unit likewise, and then refuses
+// to vectorise every loop that calls them.
 struct Limits {
-  float lo, hi, split;
+  float lo, hi, split, zero, one;
 };
 
 // Cephes-style expf, accurate to ~1 ulp; returns 0 below about -87.7 (exactly where 2^k leaves the normal range).
@@ -51,9 +52,10 @@ inline float exp_f(float x, const Limits& c) {
 // log(1 + e) for e in [0, 1] (Cephes logf polynomial on [sqrt(1/2) - 1, sqrt(2) - 1]; e itself is never rounded
 // through 1 + e, so tiny e keep full relative accuracy).
 inline float log1p_unit(float e, const Limits& c) {
-  const bool halve = e > c.split;  // 1 + e > sqrt(2): use (1 + e) / 2 and add ln 2
-  const float k = halve ? 1.0f : 0.0f;
-  const float x = halve ? (e - 1.0f) * 0.5f : e;
+  // k = 1 where 1 + e > sqrt(2): there use (1 + e) / 2 and add ln 2. x is picked by weighting with k and 1 - k
+  // (exact: one of the two terms is zero), not by a branch, so that the softplus loop vectorises.
+  const float k = e > c.split ? c.one : c.zero;
+  const float x = (c.one - k) * e + k * ((e - 1.0f) * 0.5f);
   const float z = x * x;
   float p = 7.0376836292e-2f;
   p = p * x - 1.1514610310e-1f;
@@ -276,7 +278,7 @@ extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const fl
                   View4{B, st[9], st[10], st[11], st[12], dtypes[3]},
                   View4{C, st[13], st[14], st[15], st[16], dtypes[4]},
                   A, D, delta_bias, out, last_state, dtypes[5], batch, dim, dstate, groups, seqlen,
-                  delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f}};
+                  delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
   const int64_t per_group = dim / groups;
   const int64_t blocks = (per_group + kLanes - 1) / kLanes;
   const int64_t items = batch * groups * blocks;
