@@ -5,6 +5,7 @@
                                                           # VideoMamba-M) next to a bare transformers Qwen2 at fp32
     python benchmarks/bench_inference.py --full-size --paths bare,auto,int8,fp32 --repeats 2 --busy 1
     python benchmarks/bench_inference.py --full-size --paths bare,auto,auto@0.5,auto@0.25,auto@0.1
+    python benchmarks/bench_inference.py --full-size --paths bare,auto,w8a8,auto@0.25,w8a8@0.25
 
 A path PATH@BUDGET runs PATH with a visual-token budget (`--visual-tokens BUDGET`: a count or a fraction of the
 2402 tokens); the bare model's prompt stays as long as the full budget's, so "TTFT / bare prefill" compares with
@@ -15,7 +16,7 @@ Each path runs in its own process (so its peak RSS is its own), in the order giv
 
 - bare: transformers' Qwen2ForCausalLM of the same size at fp32 (its defaults: SDPA attention, DynamicCache), greedy
   `generate` from a prompt of the same length as the project's (visual tokens + text): prefill = time to first token.
-- auto / int8 / fp32 / bf16: `VideoChat.answer` (the code path of `inference.py`) with the model placed by
+- auto / int8 / w8a8 / fp32 / bf16: `VideoChat.answer` (the code path of `inference.py`) with the model placed by
   `runtime.plan_inference(dtype=..., quantize=...)`: decode the video, both encoders (CLIP, frame selection,
   VideoMamba, projectors), prefill, then the same number of greedy tokens; then a follow-up question about the same
   video (its prompt prefix cached). "fp32" is the project's plain fp32 path (`--dtype fp32`).
@@ -50,6 +51,7 @@ FOLLOW_UP = "Which body part should the person keep straighter?"
 PROJECT_PATHS = {  # name → (dtype, quantize)
     "auto": ("auto", None),
     "int8": ("auto", "int8"),
+    "w8a8": ("auto", "w8a8"),
     "fp32": ("fp32", None),
     "bf16": ("bf16", None),
 }
@@ -333,7 +335,7 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default="bare,auto,auto@0.25",
-        help="comma-separated: bare, auto, int8, fp32, bf16, each project path optionally @BUDGET (visual tokens: a "
+        help="comma-separated: bare, auto, int8, w8a8, fp32, bf16, each project path optionally @BUDGET (visual tokens: a "
         "count or a fraction, e.g. auto@0.25); default bare,auto,auto@0.25",
     )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every path (default 1)")

@@ -5,6 +5,9 @@
                                                                           #   (Qwen2.5-0.5B, CLIP ViT-B/16,
                                                                           #   VideoMamba-M): many minutes on a CPU
     python benchmarks/bench_live.py --full-size --visual-tokens all,0.25,0.1   # with visual-token budgets
+    python benchmarks/bench_live.py --full-size --quantize w8a8                 # int8 x int8 products
+
+The model is placed as `mvgpt live` places it on this CPU (`runtime.plan_inference("cpu", "auto", --quantize)`).
 
 A synthetic session (two exercises, 30 fps, 320×240) is cut into the live windows (default 8 s every 2 s:
 16 frames, 2402 visual tokens each, or the --visual-tokens budgets) by the live loop's own pieces (`cut_windows`, `FrameCache` /
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from mobilevideogpt.constants import QUANTIZE_CHOICES
 from mobilevideogpt.live.cache import FrameCache, window_inputs
 from mobilevideogpt.live.frames import VideoFileSource, cut_windows, open_stream
 from mobilevideogpt.live.session import LiveSession
@@ -125,9 +129,13 @@ def bench(name: str, full_size: bool, video: Path, tokenizer, args) -> list[dict
     from mobilevideogpt.chat import VideoChat
     from mobilevideogpt.model.token_budget import parse_visual_tokens, set_visual_token_budget
 
+    from mobilevideogpt.model.assemble import place_for_inference
+    from mobilevideogpt.runtime import plan_inference
+
     started = time.perf_counter()
-    chat = VideoChat(build_model(full_size), tokenizer)
-    print(f"{name}: built in {time.perf_counter() - started:.0f} s; warming up ...", flush=True)
+    plan = plan_inference("cpu", "auto", args.quantize)  # what `mvgpt live` runs on this CPU
+    chat = VideoChat(place_for_inference(build_model(full_size), plan), tokenizer, plan=plan)
+    print(f"{name} on {plan.describe()}: built in {time.perf_counter() - started:.0f} s; warming up ...", flush=True)
     chat.answer(chat.load_video(video), LIVE_PROMPT, max_new_tokens=2)
     results = []
     for budget in args.visual_tokens.split(","):
@@ -178,6 +186,7 @@ def main() -> None:
         "--visual-tokens", default="all,0.25",
         help="comma-separated visual-token budgets to time (all, counts or fractions; default all,0.25)",
     )  # fmt: skip
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES, help="as `mvgpt live --quantize`")
     args = parser.parse_args()
 
     from mobilevideogpt.runtime import cpu_features

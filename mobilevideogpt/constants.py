@@ -18,3 +18,6 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 # The published checkpoint that Stage-3 QVED finetuning starts from.
 BASE_MODEL_ID = "Amshaker/Mobile-VideoGPT-0.5B"
+
+# `--quantize` on the CPU (runtime.plan_inference): int8 language-model weights, or w8a8: int8 x int8 products too.
+QUANTIZE_CHOICES = ("none", "int8", "w8a8")

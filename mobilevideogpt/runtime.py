@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .constants import QUANTIZE_CHOICES
 from .errors import ModelLoadError
 
 DTYPE_NAMES = {
@@ -65,7 +66,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------- CPU capabilities and the inference plan
 
 BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs whose bf16 GEMM beats fp32
-QUANTIZE_CHOICES = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,8 @@ class InferencePlan:
     llm_dtype: the language model's hidden states, and its weights unless `llm_weights` packs them.
     llm_weights: None, or "bf16" / "int8": the LLM's linear and embedding weights stored that way and computed with
       in fp32 (`engine/lowp.py`): decode steps through the compiled kernel, prefills widened to `prefill_dtype`.
+    int8_matmul: the prefill and the encoders' large linear layers multiply int8 activations (quantized per token)
+      by int8 weights (`engine/int8_matmul.py`, `--quantize w8a8`); needs llm_weights "int8".
     """
 
     device: torch.device
@@ -160,16 +162,19 @@ class InferencePlan:
     llm_dtype: torch.dtype
     llm_weights: str | None = None
     prefill_dtype: torch.dtype = torch.float32
+    int8_matmul: bool = False
 
     def describe(self) -> str:
         if self.llm_weights is None and self.encoder_dtype == self.llm_dtype:
             return f"{self.device} ({dtype_name(self.llm_dtype)})"
+        prefill = "int8 x int8" if self.int8_matmul else dtype_name(self.prefill_dtype)
         llm = (
-            f"LLM {self.llm_weights} weights (prefill {dtype_name(self.prefill_dtype)}, decode fp32 kernel)"
+            f"LLM {self.llm_weights} weights (prefill {prefill}, decode fp32 kernel)"
             if self.llm_weights
             else f"LLM {dtype_name(self.llm_dtype)}"
         )
-        return f"{self.device} (encoders {dtype_name(self.encoder_dtype)}, {llm})"
+        encoders = dtype_name(self.encoder_dtype) + (" with int8 x int8 linear layers" if self.int8_matmul else "")
+        return f"{self.device} (encoders {encoders}, {llm})"
 
     def to_dict(self) -> dict:
         return {
@@ -178,6 +183,7 @@ class InferencePlan:
             "llm_dtype": dtype_name(self.llm_dtype),
             "llm_weights": self.llm_weights,
             "prefill_dtype": dtype_name(self.prefill_dtype),
+            "int8_matmul": self.int8_matmul,
         }
 
 
@@ -202,35 +208,45 @@ def plan_inference(
     - encoders and prefill in bf16 where bf16 matrix units exist (AMX-bf16 / AVX512-bf16), else fp32;
     - the LLM's weights stored in bf16 and decode steps computed by the compiled kernel in fp32 (half the memory
       traffic of fp32, exact for bf16-published weights); where that kernel cannot run, fp32 as before;
-    - quantize "int8": int8 weights instead (a quarter of fp32's traffic; changes the numbers slightly).
+    - quantize "int8": int8 weights instead (a quarter of fp32's traffic; changes the numbers slightly);
+    - quantize "w8a8": int8 weights, and the prefill and the encoders' large linear layers multiply int8 activations
+      by int8 weights (faster than fp32 where there are no bf16 units; changes the numbers more than "int8").
     An explicit dtype ("fp32", "bf16", "fp16") runs the whole model in it, as it always did (int8 needs fp32).
     Elsewhere (CUDA), "auto" is bf16 where supported, else fp16; int8 is a CPU feature.
     """
     resolved = resolve_device(device)
     quantize = None if quantize in (None, "", "none") else str(quantize).lower()
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise ModelLoadError(f"unknown quantization {quantize!r}; use none or int8")
+        raise ModelLoadError(f"unknown quantization {quantize!r}; use none, int8 or w8a8")
     automatic = dtype in (None, "", "auto")
     if resolved.type != "cpu":
         if quantize:
-            raise ModelLoadError("--quantize int8 is for the CPU (its kernel is a CPU kernel); drop it on a GPU")
+            raise ModelLoadError(f"--quantize {quantize} is for the CPU (its kernels are CPU kernels); drop it on a GPU")
         uniform = resolve_dtype(dtype, resolved)
         return InferencePlan(resolved, uniform, uniform)
     if not automatic:
         uniform = resolve_dtype(dtype, resolved)
         if quantize and uniform != torch.float32:
-            raise ModelLoadError(f"--quantize int8 computes in fp32; use --dtype auto or fp32, not {dtype_name(uniform)}")
-    fast = torch.bfloat16 if automatic and cpu_features().bf16_matmul else torch.float32
-    weights = quantize or ("bf16" if automatic else None)
+            raise ModelLoadError(
+                f"--quantize {quantize} computes in fp32; use --dtype auto or fp32, not {dtype_name(uniform)}"
+            )
+    int8_matmul = quantize == "w8a8"
+    # int8 x int8 replaces bf16 matrix units where a CPU has both: the plan asked for is the plan run.
+    fast = torch.bfloat16 if automatic and cpu_features().bf16_matmul and not int8_matmul else torch.float32
+    weights = "int8" if quantize else ("bf16" if automatic else None)
     if weights is not None:
         problem = _lowp_kernel_problem()
+        if problem is None and int8_matmul:
+            from .engine import int8_matmul as int8
+
+            problem = int8.problem()
         if problem is not None:
             if quantize:
-                raise ModelLoadError(f"--quantize int8 is not possible here: {problem}; drop --quantize")
+                raise ModelLoadError(f"--quantize {quantize} is not possible here: {problem}; drop --quantize")
             weights = None
     if not automatic:
-        return InferencePlan(resolved, uniform, uniform, weights, uniform)
-    return InferencePlan(resolved, fast, torch.float32, weights, fast)
+        return InferencePlan(resolved, uniform, uniform, weights, uniform, int8_matmul)
+    return InferencePlan(resolved, fast, torch.float32, weights, fast, int8_matmul)
 
 
 # ---------------------------------------------------------------- the C allocator during CPU inference

@@ -13,7 +13,7 @@ import torch
 
 from mobilevideogpt import runtime
 from mobilevideogpt.errors import ModelLoadError
-from mobilevideogpt.engine import linear_cpu
+from mobilevideogpt.engine import int8_matmul, linear_cpu
 from mobilevideogpt.runtime import CpuFeatures, cpu_features, cpuinfo_flags, plan_inference, resolve_device, resolve_dtype
 
 
@@ -92,6 +92,22 @@ def test_explicit_dtype_and_int8(monkeypatch):
         plan_on(monkeypatch, ARM, quantize="int8")
     with pytest.raises(ModelLoadError, match="unknown quantization"):
         plan_on(monkeypatch, EPYC_AVX2, quantize="int4")
+
+
+def test_w8a8_plan(monkeypatch):
+    w8a8 = plan_on(monkeypatch, EPYC_AVX2, quantize="w8a8")
+    assert (w8a8.llm_weights, w8a8.int8_matmul, w8a8.prefill_dtype) == ("int8", True, torch.float32)
+    assert w8a8.to_dict()["int8_matmul"] is True and "prefill int8 x int8" in w8a8.describe()
+    assert "encoders float32 with int8 x int8" in w8a8.describe()
+    # On a CPU with bf16 units the int8 x int8 products are what was asked for, not bf16 ones.
+    amx = plan_on(monkeypatch, XEON_AMX, quantize="w8a8")
+    assert (amx.encoder_dtype, amx.prefill_dtype, amx.int8_matmul) == (torch.float32, torch.float32, True)
+    assert not plan_on(monkeypatch, EPYC_AVX2, quantize="int8").int8_matmul
+    with pytest.raises(ModelLoadError, match="w8a8 is not possible here.*AVX2"):
+        plan_on(monkeypatch, ARM, quantize="w8a8")
+    monkeypatch.setattr(int8_matmul, "problem", lambda: "torch has no fbgemm engine on this CPU")
+    with pytest.raises(ModelLoadError, match="w8a8 is not possible here: torch has no fbgemm"):
+        plan_on(monkeypatch, EPYC_AVX2, quantize="w8a8")
 
 
 # ---------------------------------------------------------------- the C allocator during CPU inference

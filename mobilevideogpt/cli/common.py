@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from ..constants import QUANTIZE_CHOICES
 from ..errors import one_line
 
 
@@ -32,7 +33,8 @@ VISUAL_TOKENS_HELP = (
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True, repeat: bool = False) -> None:
-    """--model_path (+ --model_base, --device, --dtype and the tower sources), as every model-loading command takes."""
+    """--model_path (+ --model_base, --device, --dtype, --quantize, the tower sources and the visual-token budget), as
+    every model-loading command takes."""
     parser.add_argument(
         "--model_path",
         required=required,
@@ -50,6 +52,12 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
         help="auto (CUDA: bf16 where supported, else fp16; CPU: per stage, the fastest choice this CPU keeps quality "
         "with), fp32, bf16, fp16",
     )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, default="none",
+        help="CPU only: int8 = int8 language-model weights (faster decode, small quality cost); w8a8 = also int8 x "
+        "int8 prefill and encoder matrix products (first token sooner where the CPU has no bf16 units, larger "
+        "quality cost); default none",
+    )  # fmt: skip
     parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
     parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
     add_visual_tokens_option(parser)
@@ -78,6 +86,7 @@ def load_chat(args: argparse.Namespace, status: Callable[[str], None], source, p
         dtype=args.dtype,
         clip_path=args.clip_path,
         videomamba_path=args.videomamba_path,
+        quantize=args.quantize,
         visual_tokens=visual_tokens_request(args),
         **options,
     )

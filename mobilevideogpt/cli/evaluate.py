@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
         clip_path=args.clip_path,
         videomamba_path=args.videomamba_path,
         visual_tokens=visual_tokens_request(args),

@@ -39,7 +39,9 @@ With --interactive, one such object per answer, one per line.
 On the CPU, --dtype auto picks per stage what this CPU runs fastest without losing quality: bf16 encoders and
 prefill where it has bf16 matrix units (AMX / AVX512-bf16), and the language model's weights kept in bf16 and
 read by a compiled fp32 kernel in decode steps. --quantize int8 stores those weights in int8 instead (faster decode,
-slightly different numbers). --dtype fp32 runs everything in plain fp32.
+slightly different numbers); --quantize w8a8 also multiplies int8 activations by int8 weights in the prefill and the
+encoders (a sooner first token on CPUs without bf16 units, larger differences). --dtype fp32 runs everything in
+plain fp32.
 
 Default prompt: "Analyze this {exercise} video and provide corrective feedback." (the QVED training prompt);
 {exercise} comes from --exercise, else from the video's folder when it is a QVED class (dataset/squats/...),
@@ -57,10 +59,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling with --temperature > 0")
     parser.add_argument("--seed", type=int, help="random seed for sampling")
-    parser.add_argument(
-        "--quantize", choices=("none", "int8"), default="none",
-        help="CPU only: int8 weight-only language model (faster decode, small quality cost); default none",
-    )
     parser.add_argument(
         "--interactive", action="store_true",
         help="after the first answer, ask more questions about the same video (empty line or Ctrl-D ends)",
@@ -132,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise VideoDecodeError(err.path, f"{err.reason}; check --video_path (it must be a readable video file)") from err
     decode_s = time.perf_counter() - started
 
-    chat = load_chat(args, status, source, plan, quantize=args.quantize)
+    chat = load_chat(args, status, source, plan)
     streaming = args.stream and not args.json
     model_info = {**source.to_dict(), "device": str(plan.device), "dtype": dtype_name(plan.llm_dtype),
                   "plan": plan.to_dict(), "visual_tokens": chat.visual_tokens}  # fmt: skip

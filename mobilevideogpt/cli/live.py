@@ -137,7 +137,7 @@ def _load_chat(args: argparse.Namespace, status):
     if not args.debug:
         quiet_libraries()
     source = resolve_model_path(args.model_path, args.model_base)
-    plan = plan_inference(args.device, args.dtype)
+    plan = plan_inference(args.device, args.dtype, args.quantize)
     if source.note:
         status(source.note)
     return load_chat(args, status, source, plan)

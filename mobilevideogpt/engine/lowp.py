@@ -12,7 +12,9 @@ Forward of `LowPrecisionLinear`, chosen by the number of activation rows:
 - up to `linear_cpu.MAX_ROWS` (a decode step): the compiled kernel reads the stored weight directly, fp32
   activations and arithmetic — half (bf16) or a quarter (int8) of fp32's memory traffic, which sets decode speed;
 - more rows (a prefill): the weight is widened to `matmul_dtype` (fp32, or bf16 on CPUs with bf16 matrix units)
-  for torch's matrix multiply; widening one layer at a time costs a few percent of a 2.4 k-token prefill.
+  for torch's matrix multiply; widening one layer at a time costs a few percent of a 2.4 k-token prefill. With
+  `int8_prefill` (int8 weights, `--quantize w8a8`) the prefill multiplies int8 activations by the same int8 weights
+  instead (`int8_matmul.py`: faster where the CPU has no bf16 units, one more rounding per activation).
 
 Everything outside the LLM's linear layers and embedding (norms, biases, rotary tables, the vision towers and
 projectors) keeps its dtype. Hidden states stay fp32.
@@ -26,29 +28,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import linear_cpu
+from . import int8_matmul, linear_cpu
+from .int8_matmul import quantize_rows
 
 WeightFormat = Literal["bf16", "int8"]
 WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "int8")
 # Up to this many rows the kernel runs in passes of MAX_ROWS: two passes over bf16 weights move as many bytes as one
 # over fp32, while widening the weight for torch's matmul writes and reads a full fp32 copy.
 KERNEL_ROWS = 2 * linear_cpu.MAX_ROWS
-
-
-QUANTIZE_ROWS_PER_STEP = 4096  # bounds the fp32 temporaries of quantizing a large matrix (the embedding: ~15 MB)
-
-
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float → int8 (N, K) and fp32 scale (N,), symmetric per row: weight ≈ q · scale[:, None]."""
-    weight = weight.detach()
-    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
-    for start in range(0, weight.shape[0], QUANTIZE_ROWS_PER_STEP):
-        rows = weight[start : start + QUANTIZE_ROWS_PER_STEP].float()
-        step = rows.abs().amax(dim=1) / 127.0
-        q[start : start + rows.shape[0]] = torch.round(rows / torch.where(step > 0, step, 1.0)[:, None]).clamp_(-127, 127)
-        scale[start : start + rows.shape[0]] = step
-    return q, scale
 
 
 def _store(weight: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,6 +62,7 @@ class LowPrecisionLinear(nn.Module):
         scale: torch.Tensor | None,
         bias: torch.Tensor | None,
         matmul_dtype: torch.dtype = torch.float32,
+        int8_prefill: bool = False,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
@@ -82,11 +70,16 @@ class LowPrecisionLinear(nn.Module):
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         self.matmul_dtype = matmul_dtype
+        if int8_prefill and scale is None:
+            raise ValueError("int8 x int8 prefills need int8 weights")
+        self.packed = int8_matmul.pack_rows(weight, scale) if int8_prefill else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: WeightFormat, matmul_dtype: torch.dtype) -> LowPrecisionLinear:
+    def from_linear(
+        cls, linear: nn.Linear, fmt: WeightFormat, matmul_dtype: torch.dtype, int8_prefill: bool = False
+    ) -> LowPrecisionLinear:
         weight, scale = _store(linear.weight, fmt)
-        return cls(weight, scale, linear.bias, matmul_dtype)
+        return cls(weight, scale, linear.bias, matmul_dtype, int8_prefill)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -97,14 +90,16 @@ class LowPrecisionLinear(nn.Module):
             step = linear_cpu.MAX_ROWS
             parts = [linear_cpu.linear_lowp(flat[i : i + step], self.weight, self.scale, self.bias) for i in range(0, rows, step)]
             return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
+        if self.packed is not None:
+            return int8_matmul.linear(x, self.packed, self.out_features, self.bias).to(x.dtype)
         dtype = self.matmul_dtype
         bias = None if self.bias is None else self.bias.to(dtype)
         return F.linear(x.to(dtype), widen(self.weight, self.scale, dtype), bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         fmt = "int8" if self.scale is not None else str(self.weight.dtype).removeprefix("torch.")
-        return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, " \
-            f"matmul={str(self.matmul_dtype).removeprefix('torch.')}"
+        matmul = "int8" if self.packed is not None else str(self.matmul_dtype).removeprefix("torch.")
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, matmul={matmul}"
 
 
 class LowPrecisionEmbedding(nn.Module):
@@ -123,11 +118,14 @@ class LowPrecisionEmbedding(nn.Module):
         return rows if self.scale is None else rows * self.scale[ids, None]
 
 
-def pack_language_model(model: nn.Module, fmt: WeightFormat, matmul_dtype: torch.dtype = torch.float32) -> nn.Module:
+def pack_language_model(
+    model: nn.Module, fmt: WeightFormat, matmul_dtype: torch.dtype = torch.float32, int8_prefill: bool = False
+) -> nn.Module:
     """Store the LLM weights of a `MobileVideoGPTQwenForCausalLM` (or any transformers causal LM with `.model.layers`,
     `.model.embed_tokens` and `.lm_head`) in `fmt`, in place; returns the model. A tied LM head shares the
     embedding's stored weight. Each fp32 weight is released as soon as its replacement exists, so packing never
-    holds two full copies."""
+    holds two full copies. `int8_prefill` (fmt "int8" only) also packs the decoder layers' weights for int8 x int8
+    prefills; the LM head, which a prefill runs on its last position only, is not."""
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
     decoder = model.model
@@ -135,7 +133,7 @@ def pack_language_model(model: nn.Module, fmt: WeightFormat, matmul_dtype: torch
         for parent in layer.modules():
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, LowPrecisionLinear.from_linear(child, fmt, matmul_dtype))
+                    setattr(parent, name, LowPrecisionLinear.from_linear(child, fmt, matmul_dtype, int8_prefill))
     embedding = decoder.embed_tokens
     tied = model.lm_head.weight is embedding.weight
     weight, scale = _store(embedding.weight, fmt)

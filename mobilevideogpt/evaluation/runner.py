@@ -55,6 +55,7 @@ class EvaluationSettings:
     seed: int | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # constants.QUANTIZE_CHOICES (CPU only)
     clip_path: str | None = None
     videomamba_path: str | None = None
     visual_tokens: int | float | str | None = None  # a visual-token budget request; None: each model's recorded one
@@ -99,6 +100,7 @@ def run_config(source: ModelSource, settings: EvaluationSettings) -> dict:
         "system_prompt": DEFAULT_SYSTEM_PROMPT,
         "device": settings.device,
         "dtype": settings.dtype,
+        **({"quantize": settings.quantize} if settings.quantize not in (None, "none") else {}),
         **({"visual_tokens": settings.visual_tokens} if settings.visual_tokens is not None else {}),
     }
 
@@ -146,6 +148,7 @@ def predict(
         dtype=settings.dtype,
         clip_path=settings.clip_path,
         videomamba_path=settings.videomamba_path,
+        quantize=settings.quantize,
         visual_tokens=settings.visual_tokens,
     )
     generation = {

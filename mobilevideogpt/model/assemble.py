@@ -22,6 +22,7 @@ from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_to
 from ..errors import ModelLoadError, first_line, one_line
 from ..runtime import InferencePlan, plan_inference, reuse_freed_memory
 from .loading import CheckpointLoadError
+from .mamba import WEIGHTS_READ_DIRECTLY
 from .state_dicts import diff_state_dicts, preview
 from .token_budget import BudgetRequest, budget_for, describe_budget
 
@@ -230,11 +231,15 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     The vision modules go to `plan.encoder_dtype`, the LLM to `plan.llm_dtype`. With `plan.llm_weights` the LLM's
     linear and embedding weights are packed (`lowp.pack_language_model`) straight from the dtype they have, one
     layer at a time, so a model built or loaded in bf16 is packed to bf16 without any copy and peak memory stays
-    near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. On the CPU the
+    near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. With
+    `plan.int8_matmul` the towers' linear layers become int8 x int8 (`int8_matmul.int8_linears`; the projectors
+    and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
+    int8. On the CPU the
     decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time), and large freed
     blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
     """
     from ..engine.decoding import use_packed_attention
+    from ..engine.int8_matmul import int8_linears
     from ..engine.lowp import pack_language_model
 
     vision = vision_modules(model)
@@ -242,13 +247,17 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
         model.to(device=plan.device, dtype=plan.llm_dtype)
     else:
         model.to(device=plan.device)
-        pack_language_model(model, plan.llm_weights, plan.prefill_dtype)
+        pack_language_model(model, plan.llm_weights, plan.prefill_dtype, plan.int8_matmul)
         in_vision = {id(p) for module in vision for p in module.parameters()}
         for parameter in model.parameters():
             if id(parameter) not in in_vision and parameter.is_floating_point():
                 parameter.data = parameter.data.to(plan.llm_dtype)
     for module in vision:
         module.to(dtype=plan.encoder_dtype)
+    if plan.int8_matmul:
+        for name in ("vision_tower", "image_vision_tower"):
+            if hasattr(model.model, name):
+                int8_linears(getattr(model.model, name), WEIGHTS_READ_DIRECTLY)
     if plan.device.type == "cpu":
         use_packed_attention(model)
         reuse_freed_memory()

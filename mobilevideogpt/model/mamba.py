@@ -18,6 +18,11 @@ from .scan import causal_conv1d, selective_scan
 from .zero import gathered
 
 
+# Linear layers whose weight `Mamba._direction` multiplies by itself (F.linear on a transposed input, no bias): a
+# replacement module (int8 inference) must leave them as they are.
+WEIGHTS_READ_DIRECTLY = frozenset({"x_proj", "x_proj_b", "dt_proj", "dt_proj_b"})
+
+
 class Mamba(nn.Module):
     def __init__(
         self,
