@@ -52,15 +52,19 @@ def add_model_options(parser: argparse.ArgumentParser, *, required: bool = True,
         help="auto (CUDA: bf16 where supported, else fp16; CPU: per stage, the fastest choice this CPU keeps quality "
         "with), fp32, bf16, fp16",
     )
+    add_quantize_option(parser)
+    parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
+    parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
+    add_visual_tokens_option(parser)
+
+
+def add_quantize_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize", choices=QUANTIZE_CHOICES, default="none",
         help="CPU only: int8 = int8 language-model weights (faster decode, small quality cost); w8a8 = also int8 x "
         "int8 prefill and encoder matrix products (first token sooner where the CPU has no bf16 units, larger "
         "quality cost); default none",
     )  # fmt: skip
-    parser.add_argument("--clip_path", help="CLIP weights when the checkpoint lacks them (dir or hub id)")
-    parser.add_argument("--videomamba_path", help="VideoMamba .pth when the checkpoint lacks its weights")
-    add_visual_tokens_option(parser)
 
 
 def add_visual_tokens_option(parser: argparse.ArgumentParser) -> None:

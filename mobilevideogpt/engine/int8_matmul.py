@@ -11,14 +11,15 @@ Quantization, chosen for quality:
 - weights: symmetric per output row (`quantize_rows`), the same int8 values the decode kernel reads;
 - activations: per row (per token), dynamically: each row is divided by its largest magnitude before fbgemm
   quantizes the tensor (one range, now [-1, 1] for every row), and the product is multiplied back. fbgemm alone
-  quantizes the whole tensor with one range, so one large token (an attention sink) or channel would coarsen
-  every other row: on a (2500 x 896) input with one token 50x and one channel 30x the rest, the relative error of
-  the product was 0.55 per tensor and 0.087 per token.
+  quantizes the whole tensor with one range, so one large token (an attention sink) would coarsen every other
+  row: on a (2500 x 896) input with one token 50x and one channel 30x the rest, the relative error of the product
+  was 0.55 per tensor and 0.087 per token (what is left is the large channel's, inside each row).
 - On CPUs without VNNI the activations use 7 bits (`reduce_range`): `vpmaddubsw` adds pairs of u8 x s8 products
   in int16 and would saturate with 8. With VNNI all 8 bits are used.
 
 The error this adds is that of one int8 rounding per activation: opt-in (`--quantize w8a8`), measured by the
-tests against fp32. The packed weights are fbgemm's own layout, an extra int8 copy of every weight packed.
+tests against fp32. The packed weights are in fbgemm's own layout: for the language model an int8 copy beside the
+weights its decode kernel reads.
 fbgemm's quantized-tensor API is deprecated in torch (still present in the pinned 2.13); `problem()` says when it is
 missing or this CPU has no fbgemm engine.
 """

@@ -234,9 +234,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     near the packed size; only what is left of the LLM (norms) is then cast to `plan.llm_dtype`. With
     `plan.int8_matmul` the towers' linear layers become int8 x int8 (`int8_matmul.int8_linears`; the projectors
     and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
-    int8. On the CPU the
-    decode-step attention runs packed (`decoding.use_packed_attention`; same results, less time), and large freed
-    blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
+    int8. On the CPU the decode-step attention runs packed (`decoding.use_packed_attention`; same results, less
+    time), and large freed blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
     """
     from ..engine.decoding import use_packed_attention
     from ..engine.int8_matmul import int8_linears

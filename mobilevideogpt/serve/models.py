@@ -52,15 +52,20 @@ class ServedModel:
 
 
 def load_models(
-    model_path: str, compare: str | None, device: str, dtype: str, visual_tokens: BudgetRequest = None
+    model_path: str,
+    compare: str | None,
+    device: str,
+    dtype: str,
+    visual_tokens: BudgetRequest = None,
+    quantize: str | None = None,
 ) -> list[ServedModel]:
     """`model_path` (and `compare`, when given) as VideoChats, both with the visual-token budget `visual_tokens`
-    (None: each its recorded one); raises `ModelLoadError` with the fix."""
+    (None: each its recorded one) and `quantize` (runtime.plan_inference); raises `ModelLoadError` with the fix."""
     from mobilevideogpt import VideoChat
 
     if compare is not None and os.path.normpath(compare) == os.path.normpath(model_path):
         raise ValueError(f"--compare {compare} names the same model as --model_path; compare two different models")
-    options = {"device": device, "dtype": dtype, "visual_tokens": visual_tokens}
+    options = {"device": device, "dtype": dtype, "quantize": quantize, "visual_tokens": visual_tokens}
     served = [ServedModel(model_path, "model", VideoChat.from_pretrained(model_path, **options))]
     if compare is not None:
         served.append(ServedModel(compare, "compare", VideoChat.from_pretrained(compare, **options)))
