@@ -218,11 +218,14 @@ def assemble_model(
     return model.eval()
 
 
-def vision_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The towers and projectors of a Mobile-VideoGPT (empty for a model without vision modules)."""
-    inner = model.model
-    names = ("vision_tower", "image_vision_tower", "mm_projector", "image_mm_projector")
-    return [getattr(inner, name) for name in names if hasattr(inner, name)]
+TOWERS = ("vision_tower", "image_vision_tower")
+PROJECTORS = ("mm_projector", "image_mm_projector")
+
+
+def vision_modules(model: torch.nn.Module, names: tuple[str, ...] = TOWERS + PROJECTORS) -> list[torch.nn.Module]:
+    """The towers and projectors of a Mobile-VideoGPT, or those of `names` (empty for a model without vision
+    modules)."""
+    return [getattr(model.model, name) for name in names if hasattr(model.model, name)]
 
 
 def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn.Module:
@@ -254,9 +257,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     for module in vision:
         module.to(dtype=plan.encoder_dtype)
     if plan.int8_matmul:
-        for name in ("vision_tower", "image_vision_tower"):
-            if hasattr(model.model, name):
-                int8_linears(getattr(model.model, name), WEIGHTS_READ_DIRECTLY)
+        for tower in vision_modules(model, TOWERS):
+            int8_linears(tower, WEIGHTS_READ_DIRECTLY)
     if plan.device.type == "cpu":
         use_packed_attention(model)
         reuse_freed_memory()

@@ -1,5 +1,5 @@
 // Few-row linear layers with bf16 or int8 weights on CPU: y = x · Wᵀ (· scale) + bias, called from
-// mobilevideogpt/model/linear_cpu.py through ctypes. Plain C++17 with no torch headers (see scan_cpu.cpp).
+// mobilevideogpt/engine/linear_cpu.py through ctypes. Plain C++17 with no torch headers (see scan_cpu.cpp).
 //
 // Why: a decode step multiplies one activation row by every weight of the language model, so its speed is set by
 // how many bytes of weights stream through memory. torch's bf16 matrix-vector path was measured slower than fp32 on

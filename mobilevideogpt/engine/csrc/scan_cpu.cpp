@@ -1,4 +1,4 @@
-// Forward selective scan on CPU, called from mobilevideogpt/model/scan_cpu.py through ctypes.
+// Forward selective scan on CPU, called from mobilevideogpt/engine/scan_cpu.py through ctypes.
 // Plain C++17 with no torch headers: it builds with one compiler call and does not depend on the torch ABI.
 //
 // The sequence is walked once per block of 32 channels: their state (32 x N) stays in L1 cache, exp / update /
