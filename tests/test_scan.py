@@ -221,7 +221,7 @@ def test_invalid_inputs_raise_clear_errors():
 
 @pytest.fixture
 def kernel():
-    """The compiled kernel. It must build wherever a C++ compiler exists (CI has g++): a failure there is a bug."""
+    """The compiled kernels. They must build wherever a C++ compiler exists (CI has g++): a failure there is a bug."""
     fn = scan_cpu.load_kernel()
     if fn is None:
         if scan_cpu._compiler() is None:
@@ -372,9 +372,9 @@ def test_bf16_mixer_layout_reaches_the_kernel_without_copies(monkeypatch, kernel
 
     def recorder(*args):
         seen.append(args)
-        return kernel(*args)
+        return kernel.scan(*args)
 
-    monkeypatch.setattr(scan_cpu, "load_kernel", lambda: recorder)
+    monkeypatch.setattr(scan_cpu, "load_kernel", lambda: kernel._replace(scan=recorder))
     monkeypatch.setenv(BACKEND_ENV, "auto")
     with torch.no_grad():
         out = selective_scan(**strided, delta_softplus=True)
@@ -537,7 +537,7 @@ def test_unwritable_cache_falls_back_to_torch_not_tmp(monkeypatch, kernel, fresh
     temp.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp))
     assert scan_cpu.load_kernel() is None
-    assert "cannot create the selective-scan kernel cache" in scan_cpu.build_error()
+    assert "cannot create the Mamba mixer kernels cache" in scan_cpu.build_error()
     assert list(temp.iterdir()) == [] and dlopen_log == []
     assert_torch_path_used(monkeypatch)
 
@@ -632,6 +632,74 @@ def test_causal_conv1d_half_precision_and_bad_input():
         causal_conv1d(x, w[:3], b)
 
 
+def layouts(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x (batch, D, L) as the same values at three strides: contiguous, channel contiguous (a transposed Linear
+    output), and every other element of a wider tensor."""
+    return {
+        "contiguous": x.contiguous(),
+        "channel-major": x.transpose(1, 2).contiguous().transpose(1, 2),
+        "spaced": torch.stack([x, x], dim=-1)[..., 0],
+    }
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 7])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_compiled_conv_matches_reference_at_any_layout_and_direction(kernel, width, activation, reverse):
+    # 150 steps span three of the kernel's work items; dim 33 is not a multiple of a vector; 3 steps are fewer
+    # than the widest taps.
+    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
+    for seqlen in (150, 3):
+        x, w, b = conv_inputs(dim=33, seqlen=seqlen, width=width)
+        ref = flip(causal_conv1d_ref(flip(x), w, b, activation=activation))
+        for name, view in layouts(x).items():
+            out = scan_cpu.causal_conv1d_cpu(view, w, b, silu=activation is not None, reverse=reverse)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6, msg=name)
+            # The output keeps a channel-contiguous input's layout, so the next Linear reads it without a copy.
+            assert (out.stride(1) == 1) == (name == "channel-major"), name
+    torch.testing.assert_close(scan_cpu.causal_conv1d_cpu(x, w, None, reverse=reverse),
+                               flip(causal_conv1d_ref(flip(x), w)), rtol=1e-5, atol=1e-6)
+
+
+def test_reverse_conv_is_anti_causal_on_every_route(monkeypatch, kernel):
+    x, w, b = conv_inputs(dtype=torch.float32)
+    changed = x.clone()
+    changed[..., 12] += 5.0
+    for backend in ("auto", "torch"):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        with torch.no_grad():
+            base = causal_conv1d(x, w, b, activation="silu", reverse=True)
+            out = causal_conv1d(changed, w, b, activation="silu", reverse=True)
+        torch.testing.assert_close(out[..., 13:], base[..., 13:], rtol=0, atol=0)  # width 4: t = 9..12 see x[12]
+        assert not torch.allclose(out[..., 9:13], base[..., 9:13])
+        torch.testing.assert_close(out[..., :9], base[..., :9], rtol=0, atol=0)
+
+
+def test_compiled_conv_reads_and_writes_bf16(kernel):
+    x, w, b = conv_inputs(dim=40, seqlen=70)
+    for view in layouts(x.bfloat16()).values():
+        out = scan_cpu.causal_conv1d_cpu(view, w, b, silu=True)
+        assert out.dtype == torch.bfloat16
+        assert_bf16_rounding_of(out, causal_conv1d_ref(x.bfloat16().float(), w, b, activation="silu"))
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_reverse_scan_is_the_flipped_scan(monkeypatch, kernel, backend):
+    monkeypatch.setenv(BACKEND_ENV, backend)
+    x = make_inputs(dim=40, seqlen=150, groups=2)
+    flipped = {k: (v.flip(-1) if k in ("u", "delta", "z", "B", "C") else v) for k, v in x.items()}
+    ref, ref_last = selective_scan_ref(**flipped, delta_softplus=True, return_last_state=True)
+    mixer_layout = {**x, **{k: x[k].transpose(-1, -2).contiguous().transpose(-1, -2) for k in ("u", "delta", "z")}}
+    for inputs in (x, mixer_layout):
+        with torch.no_grad():
+            out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, reverse=True)
+        assert rel_err(out, ref.flip(-1)) <= 1e-5
+        assert rel_err(last, ref_last) <= 1e-5
+    # The kernel's output follows u's layout: time-major for a channel-contiguous u.
+    if backend == "auto":
+        assert selective_scan(**mixer_layout, delta_softplus=True).stride(1) == 1
+
+
 # ---------------------------------------------------------------- CUDA
 
 
@@ -700,4 +768,8 @@ def test_scan_route_names_the_path_selective_scan_takes(monkeypatch):
         assert scan.scan_route(**x) == ("cpp" if scan_cpu.load_kernel() is not None else "torch")
     assert scan.scan_route(**{k: v.requires_grad_() for k, v in x.items()}) == "torch"  # the compiled kernel has no backward
     conv_x, w, _ = conv_inputs(dim=16, seqlen=32)
-    assert scan.conv_route(conv_x, w) == "torch"  # CPU tensors: no CUDA kernel
+    with torch.no_grad():
+        assert scan.conv_route(conv_x, w) == ("cpp" if scan_cpu.load_kernel() is not None else "torch")
+    assert scan.conv_route(conv_x, w.requires_grad_()) == "torch"
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert scan.conv_route(conv_x, w) == "torch"

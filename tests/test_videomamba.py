@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilevideogpt.model.mamba import Mamba
-from mobilevideogpt.model.scan import selective_scan_ref
+from mobilevideogpt.model.scan import BACKEND_ENV, selective_scan_ref
 from mobilevideogpt.model.videomamba import VideoMamba, VideoMambaConfig
 from mobilevideogpt.model.videomamba_weights import WeightLoadError, load_upstream_videomamba
 
@@ -125,11 +125,18 @@ def reference_mixer(m: Mamba, x: torch.Tensor) -> torch.Tensor:
     return (fwd + bwd).transpose(1, 2) @ m.out_proj.weight.T
 
 
-def test_bidirectional_mixer_matches_equations_and_sees_the_future():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_bidirectional_mixer_matches_equations_and_sees_the_future(monkeypatch, backend):
+    # Under no_grad, auto runs the compiled CPU conv and scan backwards in time in place of upstream's flips; with
+    # a gradient (and under torch) the pure-PyTorch path flips. Both must be the equations.
+    monkeypatch.setenv(BACKEND_ENV, backend)
     torch.manual_seed(1)
     m = Mamba(d_model=16, d_state=4, bimamba=True)
     x = torch.randn(2, 12, 16)
-    torch.testing.assert_close(m(x), reference_mixer(m, x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        expected = reference_mixer(m, x)
+        torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-6)
     # Changing the last token changes the first output only with the backward scan.
     x2 = x.clone()
     x2[:, -1] += 10.0

@@ -30,11 +30,12 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 import torch
 
 logger = logging.getLogger(__name__)
+K = TypeVar("K")  # what a LazyKernel's build returns: the loaded library's entry points
 
 _GROUP_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # Built with g++ and loaded through ctypes rather than torch.utils.cpp_extension.load: measured on 2 shared cores,
@@ -264,13 +265,13 @@ def build_and_load(
         return ctypes.CDLL(str(build_dir / library))
 
 
-class LazyKernel:
-    """One compiled kernel, built and loaded on first use (once, thread-safe); ``load()`` is ``None`` where that is
-    impossible or unsafe here, and ``error`` then says why."""
+class LazyKernel(Generic[K]):
+    """One compiled library's entry points (what ``build`` returns), built and loaded on first use (once,
+    thread-safe); ``load()`` is ``None`` where that is impossible or unsafe here, and ``error`` then says why."""
 
-    def __init__(self, build: Callable[[], Callable[..., int]], unavailable: str) -> None:
+    def __init__(self, build: Callable[[], K], unavailable: str) -> None:
         self._build = build
-        self._unavailable = unavailable  # start of the log line, e.g. "compiled CPU selective scan unavailable"
+        self._unavailable = unavailable  # start of the log line, e.g. "compiled CPU Mamba kernels unavailable"
         self._lock = threading.Lock()
         self.reset()
 
@@ -278,7 +279,7 @@ class LazyKernel:
         """Forget the outcome: the next ``load()`` builds again."""
         self._tried, self._kernel, self.error = False, None, None
 
-    def load(self) -> Optional[Callable[..., int]]:
+    def load(self) -> Optional[K]:
         with self._lock:
             if not self._tried:
                 self._tried = True

@@ -1,9 +1,10 @@
 """Mamba mixer with VideoMamba's bidirectional scan ("bimamba v2").
 
 Forward direction: in_proj → causal depthwise conv + SiLU → x_proj → (dt, B, C) → selective scan gated by
-SiLU(z). Backward direction: the same on the time-reversed sequence with the `_b` parameters. The two gated
-outputs are summed before the single shared `out_proj`. Parameter names and shapes match the
-VideoMamba fork of mamba_ssm, so upstream and Mobile-VideoGPT checkpoints load strictly.
+SiLU(z). Backward direction: the same on the time-reversed sequence with the `_b` parameters (upstream flips xz and
+the output; here the conv and the scan run backwards in time, `reverse=True`, which is the same and lets the CPU
+kernels skip the flipped copies). The two gated outputs are summed before the single shared `out_proj`. Parameter
+names and shapes match the VideoMamba fork of mamba_ssm, so upstream and Mobile-VideoGPT checkpoints load strictly.
 """
 
 from __future__ import annotations
@@ -69,16 +70,16 @@ class Mamba(nn.Module):
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         dt_proj.bias._no_reinit = True
 
-    def _direction(self, xz: torch.Tensor, suffix: str) -> torch.Tensor:
-        """One scan direction. xz: (B, 2*d_inner, L) → gated output (B, d_inner, L)."""
+    def _direction(self, x: torch.Tensor, z: torch.Tensor, suffix: str, reverse: bool) -> torch.Tensor:
+        """One scan direction (`reverse`: from the last step to the first). x, z: (B, d_inner, L) → gated output
+        (B, d_inner, L)."""
         conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
         x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
         dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
         a_log = self.A_log if not suffix else self.A_b_log
         d_skip = getattr(self, f"D{suffix}")
 
-        x, z = xz.chunk(2, dim=1)
-        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu")
+        x = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, activation="silu", reverse=reverse)
         x_dbl = F.linear(x.transpose(1, 2), x_proj.weight)  # (B, L, dt_rank + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias, before softplus
@@ -92,12 +93,13 @@ class Mamba(nn.Module):
             z=z,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
+            reverse=reverse,
         )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (B, L, d_model) → (B, L, d_model)."""
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2*d_inner, L)
-        out = self._direction(xz, "")
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        out = self._direction(x, z, "", reverse=False)
         if self.bimamba:
-            out = out + self._direction(xz.flip(-1), "_b").flip(-1)
+            out = out + self._direction(x, z, "_b", reverse=True)
         return self.out_proj(out.transpose(1, 2))

@@ -9,16 +9,19 @@ d reads group d // (D / G); D (the skip weight), delta_bias: (D,). For every cha
     y_t     = sum_n C_t[n] * h_t[n] + D * u_t,        out = y * silu(z) when z is given
 
 All arithmetic runs in fp32 (fp64 if an input is fp64) whatever the input dtype; the output has u's dtype and the
-optional last state (batch, D, N) stays fp32.
+optional last state (batch, D, N) stays fp32. ``reverse=True`` runs either function backwards in time (the scan from
+the last step to the first, the conv anti-causal): the same as flipping the inputs along time and the output back,
+which is the backward direction of VideoMamba's bidirectional mixer.
 
 Implementations:
 - ``selective_scan_ref`` / ``causal_conv1d_ref``: plain step-by-step loops, the tested references.
 - ``selective_scan`` / ``causal_conv1d``: dispatch. CUDA tensors use the mamba_ssm / causal_conv1d kernels when those
-  packages import; CPU tensors that need no gradient use the compiled kernel of ``scan_cpu`` when it builds (it reads
-  fp32 and bf16 in place, so a bf16 model pays no conversion; fp16 goes through fp32); everything else uses the
+  packages import (backwards in time through flipped copies); CPU tensors that need no gradient use the compiled
+  kernels of ``scan_cpu`` when they build (they read fp32 and bf16 in place at any strides and run either direction,
+  so a bf16 model pays no conversion and the mixer no copies; fp16 goes through fp32); everything else uses the
   pure-PyTorch fast path (autograd-capable, any device).
   ``MOBILEVIDEOGPT_SCAN_BACKEND`` = ``auto`` (default) | ``torch`` (pure PyTorch only) | ``cpp`` (the compiled CPU
-  scan, or an error saying why not; causal_conv1d has no compiled kernel and uses PyTorch under ``cpp``).
+  kernels, or an error saying why not).
 """
 
 from __future__ import annotations
@@ -350,10 +353,24 @@ def scan_route(
     compiled CPU kernel) or "torch" (the pure-PyTorch fast path). Raises what ``selective_scan`` raises when
     ``$MOBILEVIDEOGPT_SCAN_BACKEND`` = cpp cannot run them."""
     backend = scan_backend()
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    if (
+        backend == "auto"
+        and u.is_cuda
+        and u.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and A.shape[1] <= 256
+        and _cuda_kernel("mamba_ssm") is not None
+    ):
+        return "mamba_ssm"
+    return "cpp" if _compiled_cpu_runs(backend, u, delta, A, B, C, D, z, delta_bias) else "torch"
+
+
+def _compiled_cpu_runs(backend: str, x: torch.Tensor, *others: Optional[torch.Tensor]) -> bool:
+    """Whether the compiled CPU kernels take these tensors under `backend`; under ``cpp`` an error saying why
+    they cannot."""
+    tensors = (x, *others)
     if backend == "cpp":
-        if u.device.type != "cpu":
-            raise RuntimeError(f"{BACKEND_ENV}=cpp runs CPU tensors only, got {u.device}; use auto or torch")
+        if x.device.type != "cpu":
+            raise RuntimeError(f"{BACKEND_ENV}=cpp runs CPU tensors only, got {x.device}; use auto or torch")
         if _compute_dtype(*tensors) != torch.float32:
             raise RuntimeError(f"{BACKEND_ENV}=cpp computes in fp32 only; fp64 inputs need auto or torch")
         if _needs_grad(*tensors):
@@ -361,23 +378,19 @@ def scan_route(
                 f"{BACKEND_ENV}=cpp is forward-only but a gradient is needed here; use auto or torch, "
                 "or run under torch.no_grad()"
             )
-        return "cpp"
-    if backend == "auto":
-        if (
-            u.is_cuda
-            and u.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and A.shape[1] <= 256
-            and _cuda_kernel("mamba_ssm") is not None
-        ):
-            return "mamba_ssm"
-        if (
-            u.device.type == "cpu"
-            and _compute_dtype(*tensors) == torch.float32
-            and not _needs_grad(*tensors)
-            and scan_cpu.load_kernel() is not None
-        ):
-            return "cpp"
-    return "torch"
+        return True
+    return (
+        backend == "auto"
+        and x.device.type == "cpu"
+        and _compute_dtype(*tensors) == torch.float32
+        and not _needs_grad(*tensors)
+        and scan_cpu.load_kernel() is not None
+    )
+
+
+def _flip_time(*tensors: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+    """Each tensor reversed along its last (time) axis; None stays None."""
+    return [None if t is None else t.flip(-1) for t in tensors]
 
 
 def selective_scan(
@@ -391,9 +404,10 @@ def selective_scan(
     delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    reverse: bool = False,
 ) -> ScanResult:
     """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics (see the module docstring), on the fastest
-    available backend.
+    available backend; with ``reverse`` from the last time step to the first.
 
     Args:
         u, delta: (batch, D, L); A: (D, N) real; B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias: (D,);
@@ -405,6 +419,14 @@ def selective_scan(
     """
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     route = scan_route(u, delta, A, B, C, D, z, delta_bias)
+    if route == "cpp":
+        return scan_cpu.selective_scan_cpu(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse=reverse
+        )
+    if reverse:
+        u, delta, B, C, z = _flip_time(u, delta, B, C, z)
+        result = selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        return (result[0].flip(-1), result[1]) if return_last_state else result.flip(-1)
     if route == "mamba_ssm":
         # The CUDA kernel wants delta/B/C/z in u's dtype and A/D/delta_bias in fp32.
         dt = u.dtype
@@ -416,8 +438,6 @@ def selective_scan(
             delta_softplus=delta_softplus,
             return_last_state=return_last_state,
         )
-    if route == "cpp":
-        return scan_cpu.selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
@@ -488,17 +508,24 @@ def causal_conv1d(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     activation: Optional[str] = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
     """Depthwise causal conv1d with causal_conv1d's ``causal_conv1d_fn`` semantics.
 
     Args:
         x: (batch, D, L); weight: (D, W) (nn.Conv1d's (D, 1, W) also accepted); bias: (D,);
-        activation: None, "silu" or "swish".
+        activation: None, "silu" or "swish"; reverse: anti-causal instead (out[t] sees x[>= t] only: the causal
+        conv of the time-reversed sequence, reversed back).
     Returns:
         (batch, D, L) in x's dtype: the conv over the left-zero-padded sequence, so out[t] sees x[<= t] only.
     """
     weight = _check_conv_inputs(x, weight, bias, activation)
-    if conv_route(x, weight) == "causal_conv1d":
+    route = conv_route(x, weight, bias)
+    if route == "cpp":
+        return scan_cpu.causal_conv1d_cpu(x, weight, bias, silu=activation is not None, reverse=reverse)
+    if reverse:
+        return causal_conv1d(x.flip(-1), weight, bias, activation).flip(-1)
+    if route == "causal_conv1d":
         if x.stride(2) != 1 and x.stride(1) != 1:
             x = x.contiguous()
         # Recent causal_conv1d builds require weight and bias in x's dtype.
@@ -511,15 +538,17 @@ def causal_conv1d(
     return causal_conv1d_torch(x, weight, bias, activation)
 
 
-def conv_route(x: torch.Tensor, weight: torch.Tensor) -> str:
+def conv_route(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> str:
     """Which implementation ``causal_conv1d`` runs for x (batch, D, L) and a (D, W) weight: "causal_conv1d" (the
-    CUDA kernel) or "torch"."""
+    CUDA kernel), "cpp" (the compiled CPU kernel) or "torch"; under ``$MOBILEVIDEOGPT_SCAN_BACKEND`` = cpp an error
+    when the compiled kernel cannot run them."""
+    backend = scan_backend()
     if (
-        scan_backend() == "auto"
+        backend == "auto"
         and x.is_cuda
         and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
         and 2 <= weight.shape[-1] <= 4
         and _cuda_kernel("causal_conv1d") is not None
     ):
         return "causal_conv1d"
-    return "torch"
+    return "cpp" if _compiled_cpu_runs(backend, x, weight, bias) else "torch"

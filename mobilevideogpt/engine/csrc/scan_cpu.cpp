@@ -1,7 +1,9 @@
-// Forward selective scan on CPU, called from mobilevideogpt/engine/scan_cpu.py through ctypes.
+// The Mamba mixer's two CPU kernels, forward only: the selective scan and the depthwise causal conv1d (+ SiLU) in
+// front of it, called from mobilevideogpt/engine/scan_cpu.py through ctypes. Both read their inputs in place at any
+// strides and run either direction of time, so a bidirectional mixer needs no flipped or contiguous copies.
 // Plain C++17 with no torch headers: it builds with one compiler call and does not depend on the torch ABI.
 //
-// The sequence is walked once per block of 32 channels: their state (32 x N) stays in L1 cache, exp / update /
+// The scan walks the sequence once per block of 32 channels: their state (32 x N) stays in L1 cache, exp / update /
 // readout are fused, and channel blocks are spread over threads, so no (L, D, N)-sized array is ever built.
 // u, delta, z, B, C and out may each be fp32 or bf16; they are widened to fp32 when a tile is loaded, all
 // arithmetic and the state are fp32, and the output is rounded once when it is written.
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #if defined(__SSE2__)
 #include <xmmintrin.h>
@@ -110,13 +113,19 @@ struct View4 {
   int32_t dtype;
 };
 
+// The output: (batch, channel, time) with element strides.
+struct OutView {
+  void* p;
+  int64_t sb, sd, st;
+  int32_t dtype;
+};
+
 struct Problem {
   View3 u, delta, z;  // z.p may be null
   View4 B, C;
   const float *A, *D, *delta_bias;  // contiguous (dim, dstate), (dim), (dim); D and delta_bias may be null
-  void* out;                        // contiguous (batch, dim, seqlen) of out_dtype
+  OutView out;
   float* last_state;                // contiguous (batch, dim, dstate); may be null
-  int32_t out_dtype;
   int64_t batch, dim, dstate, groups, seqlen;
   bool softplus;
   Limits lim;
@@ -183,19 +192,35 @@ inline void load_states(const View4& x, int64_t b, int64_t g, int64_t t0, int tt
     load_states_as<float>(x, b, g, t0, tt, N, dst);
 }
 
-// out[row0 + j, t0 + i] = tile[i][j] for the nd channels of the block.
-void store_tile(const Problem& p, int64_t row0, int64_t t0, int tt, int nd, const float (*tile)[kLanes]) {
-  const int64_t L = p.seqlen;
-  for (int j = 0; j < nd; ++j) {
-    const int64_t offset = (row0 + j) * L + t0;
-    if (p.out_dtype == kBF16) {
-      uint16_t* o = static_cast<uint16_t*>(p.out) + offset;
-      for (int i = 0; i < tt; ++i) o[i] = to_bf16(tile[i][j]);
-    } else {
-      float* o = static_cast<float*>(p.out) + offset;
-      for (int i = 0; i < tt; ++i) o[i] = tile[i][j];
-    }
+// out[b, d0 + j, t0 + i] = tile[i][j] for the nd channels of the block, at the output's strides: time contiguous
+// (the usual layout) and channel contiguous (time-major, what a following Linear reads) get streaming loops.
+template <typename T>
+void store_tile_as(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd, const float (*tile)[kLanes]) {
+  T* base = static_cast<T*>(o.p) + b * o.sb + d0 * o.sd + t0 * o.st;
+  auto put = [](float v, T* dst) {
+    if constexpr (std::is_same_v<T, uint16_t>)
+      *dst = to_bf16(v);
+    else
+      *dst = v;
+  };
+  if (o.st == 1) {
+    for (int j = 0; j < nd; ++j)
+      for (int i = 0; i < tt; ++i) put(tile[i][j], base + j * o.sd + i);
+  } else if (o.sd == 1) {
+    for (int i = 0; i < tt; ++i)
+      for (int j = 0; j < nd; ++j) put(tile[i][j], base + i * o.st + j);
+  } else {
+    for (int i = 0; i < tt; ++i)
+      for (int j = 0; j < nd; ++j) put(tile[i][j], base + i * o.st + j * o.sd);
   }
+}
+
+inline void store_tile(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd,
+                       const float (*tile)[kLanes]) {
+  if (o.dtype == kBF16)
+    store_tile_as<uint16_t>(o, b, d0, t0, tt, nd, tile);
+  else
+    store_tile_as<float>(o, b, d0, t0, tt, nd, tile);
 }
 
 // Scans channels [d0, d0 + nd) of batch b (all inside group g) over the whole sequence.
@@ -213,7 +238,6 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
     if (p.D) skip[j] = p.D[d0 + j];
     if (p.delta_bias) bias[j] = p.delta_bias[d0 + j];
   }
-  const int64_t row0 = b * p.dim + d0;
   for (int64_t t0 = 0; t0 < L; t0 += kSteps) {
     const int tt = static_cast<int>(std::min<int64_t>(kSteps, L - t0));
     load_tile(p.delta, b, d0, t0, tt, nd, s.dt);
@@ -248,40 +272,149 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
       for (int i = 0; i < tt; ++i)
         for (int j = 0; j < kLanes; ++j) s.yt[i][j] *= silu_f(s.zt[i][j], lim);
     }
-    store_tile(p, row0, t0, tt, nd, s.yt);
+    store_tile(p.out, b, d0, t0, tt, nd, s.yt);
   }
   if (p.last_state)
     for (int j = 0; j < nd; ++j)
-      for (int64_t n = 0; n < N; ++n) p.last_state[(row0 + j) * N + n] = h[n * kLanes + j];
+      for (int64_t n = 0; n < N; ++n) p.last_state[((b * p.dim) + d0 + j) * N + n] = h[n * kLanes + j];
 }
 
-}  // namespace
+// Element size of a dtype code.
+inline int64_t element_bytes(int32_t dtype) { return dtype == kBF16 ? 2 : 4; }
 
-// Shapes: u, delta, z (batch, dim, seqlen) and B, C (batch, groups, dstate, seqlen) with any element strides,
-// given in `strides` as u[3], delta[3], z[3], B[4], C[4] (batch, channel/group, [state,] time), and element types
-// in `dtypes` as u, delta, z, B, C, out (0 = fp32, 1 = bf16); A (dim, dstate), D and delta_bias (dim) contiguous
-// fp32; out (batch, dim, seqlen) and last_state (batch, dim, dstate, fp32) contiguous. z, D, delta_bias and
-// last_state may be null.
-// Returns 0 on success, 1 on bad sizes or element types, 2 when a worker ran out of memory.
-extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B, const void* C,
-                                      const float* D, const void* z, const float* delta_bias, int delta_softplus,
-                                      void* out, float* last_state, int64_t batch, int64_t dim, int64_t dstate,
-                                      int64_t groups, int64_t seqlen, const int64_t* strides, const int32_t* dtypes,
-                                      int num_threads) {
-  if (batch < 0 || dim <= 0 || dstate <= 0 || groups <= 0 || dim % groups != 0 || seqlen < 0) return 1;
-  for (int i = 0; i < 6; ++i)
-    if (dtypes[i] != kF32 && dtypes[i] != kBF16) return 1;
-  const int64_t* st = strides;
-  const Problem p{View3{u, st[0], st[1], st[2], dtypes[0]},
-                  View3{delta, st[3], st[4], st[5], dtypes[1]},
-                  View3{z, st[6], st[7], st[8], dtypes[2]},
-                  View4{B, st[9], st[10], st[11], st[12], dtypes[3]},
-                  View4{C, st[13], st[14], st[15], st[16], dtypes[4]},
-                  A, D, delta_bias, out, last_state, dtypes[5], batch, dim, dstate, groups, seqlen,
-                  delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
-  const int64_t per_group = dim / groups;
-  const int64_t blocks = (per_group + kLanes - 1) / kLanes;
-  const int64_t items = batch * groups * blocks;
+// The same view walked from its last time step to its first: starts at step L - 1, time stride negated.
+template <typename V>
+V reversed(V v, int64_t seqlen) {
+  if (v.p && seqlen > 0) {
+    v.p = static_cast<const char*>(v.p) + (seqlen - 1) * v.st * element_bytes(v.dtype);
+    v.st = -v.st;
+  }
+  return v;
+}
+
+OutView reversed(OutView v, int64_t seqlen) {
+  if (seqlen > 0) {
+    v.p = static_cast<char*>(v.p) + (seqlen - 1) * v.st * element_bytes(v.dtype);
+    v.st = -v.st;
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------- depthwise causal conv1d (+ SiLU)
+
+struct ConvProblem {
+  View3 x;
+  OutView out;
+  const float* weight_t;  // (width, dim): tap k of every channel contiguous
+  const float* bias;      // (dim) or null
+  int64_t batch, dim, seqlen, width;
+  bool silu, reverse;
+  Limits lim;
+};
+
+// The input step tap k reads for output step t: t - (W - 1) + k (causal), or t + (W - 1) - k (anti-causal, the
+// causal conv of the time-reversed sequence, reversed back).
+inline int64_t tap_step(const ConvProblem& p, int64_t t, int64_t k) {
+  return p.reverse ? t + (p.width - 1) - k : t - (p.width - 1) + k;
+}
+
+// Steps [t0, t1) of batch b where input and output are channel contiguous (a transposed Linear output, as the
+// Mamba mixer's x is): every tap is one streaming multiply-add over the channels.
+template <typename TI, typename TO>
+void conv_steps_channel_major(const ConvProblem& p, int64_t b, int64_t t0, int64_t t1, float* acc) {
+  const int64_t D = p.dim;
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t d = 0; d < D; ++d) acc[d] = p.bias ? p.bias[d] : 0.0f;
+    for (int64_t k = 0; k < p.width; ++k) {
+      const int64_t src = tap_step(p, t, k);
+      if (src < 0 || src >= p.seqlen) continue;
+      const TI* __restrict xr = static_cast<const TI*>(p.x.p) + b * p.x.sb + src * p.x.st;
+      const float* __restrict wk = p.weight_t + k * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] += wk[d] * widen(xr[d]);
+    }
+    if (p.silu)
+      for (int64_t d = 0; d < D; ++d) acc[d] = silu_f(acc[d], p.lim);
+    TO* o = static_cast<TO*>(p.out.p) + b * p.out.sb + t * p.out.st;
+    for (int64_t d = 0; d < D; ++d) {
+      if constexpr (std::is_same_v<TO, uint16_t>)
+        o[d] = to_bf16(acc[d]);
+      else
+        o[d] = acc[d];
+    }
+  }
+}
+
+constexpr int64_t kConvSteps = 64;  // time steps per work item of the conv
+
+// Steps [t0, t1) of batch b, channel after channel, at any strides. Per channel the steps whose taps all fall inside
+// the sequence are one multiply-add per tap over the run of steps (streaming when time is contiguous: kUnitTime),
+// the few at the ends one at a time.
+template <typename TI, typename TO, bool kUnitTime>
+void conv_steps_channel_by_channel(const ConvProblem& p, int64_t b, int64_t t0, int64_t t1) {
+  const int64_t W = p.width, L = p.seqlen;
+  const int64_t xs = kUnitTime ? 1 : p.x.st, os = kUnitTime ? 1 : p.out.st;
+  const int64_t lo = std::min(t1, std::max(t0, p.reverse ? int64_t{0} : W - 1));
+  const int64_t hi = std::max(lo, std::min(t1, p.reverse ? L - (W - 1) : L));
+  alignas(64) float acc[kConvSteps];
+  for (int64_t d = 0; d < p.dim; ++d) {
+    const TI* xr = static_cast<const TI*>(p.x.p) + b * p.x.sb + d * p.x.sd;
+    TO* o = static_cast<TO*>(p.out.p) + b * p.out.sb + d * p.out.sd;
+    const float bias = p.bias ? p.bias[d] : 0.0f;
+    for (int64_t t = t0; t < t1; ++t) {
+      if (t >= lo && t < hi) {
+        t = hi - 1;
+        continue;
+      }
+      float sum = bias;
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t src = tap_step(p, t, k);
+        if (src >= 0 && src < L) sum += p.weight_t[k * p.dim + d] * widen(xr[src * xs]);
+      }
+      acc[t - t0] = sum;
+    }
+    for (int64_t t = lo; t < hi; ++t) acc[t - t0] = bias;
+    for (int64_t k = 0; k < W; ++k) {
+      const float wk = p.weight_t[k * p.dim + d];
+      const int64_t shift = tap_step(p, 0, k);
+      for (int64_t t = lo; t < hi; ++t) acc[t - t0] += wk * widen(xr[(t + shift) * xs]);
+    }
+    if (p.silu)
+      for (int64_t t = t0; t < t1; ++t) acc[t - t0] = silu_f(acc[t - t0], p.lim);
+    for (int64_t t = t0; t < t1; ++t) {
+      if constexpr (std::is_same_v<TO, uint16_t>)
+        o[t * os] = to_bf16(acc[t - t0]);
+      else
+        o[t * os] = acc[t - t0];
+    }
+  }
+}
+
+template <typename TI, typename TO>
+void conv_steps(const ConvProblem& p, int64_t b, int64_t t0, int64_t t1, float* acc) {
+  if (p.x.sd == 1 && p.out.sd == 1)
+    conv_steps_channel_major<TI, TO>(p, b, t0, t1, acc);
+  else if (p.x.st == 1 && p.out.st == 1)
+    conv_steps_channel_by_channel<TI, TO, true>(p, b, t0, t1);
+  else
+    conv_steps_channel_by_channel<TI, TO, false>(p, b, t0, t1);
+}
+
+void conv_block(const ConvProblem& p, int64_t b, int64_t t0, int64_t t1, float* acc) {
+  const bool in16 = p.x.dtype == kBF16, out16 = p.out.dtype == kBF16;
+  if (in16 && out16)
+    conv_steps<uint16_t, uint16_t>(p, b, t0, t1, acc);
+  else if (in16)
+    conv_steps<uint16_t, float>(p, b, t0, t1, acc);
+  else if (out16)
+    conv_steps<float, uint16_t>(p, b, t0, t1, acc);
+  else
+    conv_steps<float, float>(p, b, t0, t1, acc);
+}
+
+// Runs work(item, scratch) for items [0, items) on up to num_threads threads (the caller's among them), each with its
+// own scratch; false when a worker ran out of memory.
+template <typename MakeScratch, typename Work>
+bool run_parallel(int64_t items, int num_threads, MakeScratch make_scratch, Work work) {
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
   auto worker = [&]() {
@@ -291,12 +424,8 @@ extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const fl
     _mm_setcsr(saved_csr | 0x8040);
 #endif
     try {
-      Scratch s(dstate);
-      for (int64_t it = next++; it < items; it = next++) {
-        const int64_t blk = it % blocks, g = (it / blocks) % groups, b = it / (blocks * groups);
-        const int64_t d0 = g * per_group + blk * kLanes;
-        scan_channels(p, s, b, g, d0, static_cast<int>(std::min<int64_t>(kLanes, (g + 1) * per_group - d0)));
-      }
+      auto scratch = make_scratch();
+      for (int64_t it = next++; it < items; it = next++) work(it, scratch);
     } catch (...) {
       failed = true;
     }
@@ -313,5 +442,83 @@ extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const fl
   }
   worker();
   for (auto& t : pool) t.join();
-  return failed ? 2 : 0;
+  return !failed;
+}
+
+}  // namespace
+
+// Shapes: u, delta, z, out (batch, dim, seqlen) and B, C (batch, groups, dstate, seqlen) with any element strides,
+// given in `strides` as u[3], delta[3], z[3], B[4], C[4], out[3] (batch, channel/group, [state,] time), and element
+// types in `dtypes` as u, delta, z, B, C, out (0 = fp32, 1 = bf16); A (dim, dstate), D and delta_bias (dim)
+// contiguous fp32; last_state (batch, dim, dstate, fp32) contiguous. z, D, delta_bias and last_state may be null.
+// With `reverse` the scan runs from the last time step to the first: the same as flipping every input along time,
+// scanning, and flipping the output back (the backward direction of a bidirectional Mamba), with no copies.
+// Returns 0 on success, 1 on bad sizes or element types, 2 when a worker ran out of memory.
+extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const float* A, const void* B, const void* C,
+                                      const float* D, const void* z, const float* delta_bias, int delta_softplus,
+                                      void* out, float* last_state, int64_t batch, int64_t dim, int64_t dstate,
+                                      int64_t groups, int64_t seqlen, const int64_t* strides, const int32_t* dtypes,
+                                      int reverse, int num_threads) {
+  if (batch < 0 || dim <= 0 || dstate <= 0 || groups <= 0 || dim % groups != 0 || seqlen < 0) return 1;
+  for (int i = 0; i < 6; ++i)
+    if (dtypes[i] != kF32 && dtypes[i] != kBF16) return 1;
+  const int64_t* st = strides;
+  Problem p{View3{u, st[0], st[1], st[2], dtypes[0]},
+            View3{delta, st[3], st[4], st[5], dtypes[1]},
+            View3{z, st[6], st[7], st[8], dtypes[2]},
+            View4{B, st[9], st[10], st[11], st[12], dtypes[3]},
+            View4{C, st[13], st[14], st[15], st[16], dtypes[4]},
+            A, D, delta_bias, OutView{out, st[17], st[18], st[19], dtypes[5]}, last_state, batch, dim, dstate,
+            groups, seqlen, delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
+  if (reverse) {
+    p.u = reversed(p.u, seqlen);
+    p.delta = reversed(p.delta, seqlen);
+    p.z = reversed(p.z, seqlen);
+    p.B = reversed(p.B, seqlen);
+    p.C = reversed(p.C, seqlen);
+    p.out = reversed(p.out, seqlen);
+  }
+  const int64_t per_group = dim / groups;
+  const int64_t blocks = (per_group + kLanes - 1) / kLanes;
+  const bool ok = run_parallel(
+      batch * groups * blocks, num_threads, [&] { return Scratch(dstate); },
+      [&](int64_t it, Scratch& s) {
+        const int64_t blk = it % blocks, g = (it / blocks) % groups, b = it / (blocks * groups);
+        const int64_t d0 = g * per_group + blk * kLanes;
+        scan_channels(p, s, b, g, d0, static_cast<int>(std::min<int64_t>(kLanes, (g + 1) * per_group - d0)));
+      });
+  return ok ? 0 : 2;
+}
+
+// Depthwise conv1d of x (batch, dim, seqlen) with weight (dim, width) and bias (dim), both contiguous fp32, over
+// the zero-padded sequence, optionally followed by SiLU: causal (out[t] reads x[t - width + 1 .. t]), or with
+// `reverse` anti-causal (x[t .. t + width - 1]). x and out may have any element strides (`strides`: x[3], out[3])
+// and be fp32 or bf16 (`dtypes`: x, out); sums and SiLU are fp32. Returns 0 on success, 1 on bad sizes or element
+// types, 2 when a worker ran out of memory.
+extern "C" int mvg_causal_conv1d_fwd(const void* x, const float* weight, const float* bias, int silu, int reverse,
+                                     void* out, int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
+                                     const int64_t* strides, const int32_t* dtypes, int num_threads) {
+  if (batch < 0 || dim <= 0 || seqlen < 0 || width <= 0) return 1;
+  for (int i = 0; i < 2; ++i)
+    if (dtypes[i] != kF32 && dtypes[i] != kBF16) return 1;
+  std::vector<float> weight_t;
+  try {
+    weight_t.resize(width * dim);
+  } catch (...) {
+    return 2;
+  }
+  for (int64_t d = 0; d < dim; ++d)
+    for (int64_t k = 0; k < width; ++k) weight_t[k * dim + d] = weight[d * width + k];
+  const int64_t* st = strides;
+  const ConvProblem p{View3{x, st[0], st[1], st[2], dtypes[0]}, OutView{out, st[3], st[4], st[5], dtypes[1]},
+                      weight_t.data(), bias, batch, dim, seqlen, width, silu != 0, reverse != 0,
+                      Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
+  const int64_t blocks = (seqlen + kConvSteps - 1) / kConvSteps;
+  const bool ok = run_parallel(
+      batch * blocks, num_threads, [&] { return std::vector<float>(dim); },
+      [&](int64_t it, std::vector<float>& acc) {
+        const int64_t b = it / blocks, t0 = (it % blocks) * kConvSteps;
+        conv_block(p, b, t0, std::min(seqlen, t0 + kConvSteps), acc.data());
+      });
+  return ok ? 0 : 2;
 }
