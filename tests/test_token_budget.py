@@ -245,6 +245,21 @@ def test_a_base_checkpoint_runs_with_a_budget_training_free(mvgpt_fast_checkpoin
         VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu", visual_tokens=3)
 
 
+@pytest.mark.parametrize("recorded", [50, 2.5, "600"])
+def test_a_config_json_with_an_impossible_budget_names_the_file(mvgpt_fast_checkpoint, tmp_path, recorded):
+    import shutil
+
+    from mobilevideogpt import VideoChat
+    from mobilevideogpt.errors import ModelLoadError
+
+    folder = shutil.copytree(mvgpt_fast_checkpoint, tmp_path / "edited")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "visual_token_budget": recorded}))
+    with pytest.raises(ModelLoadError, match="must be a whole number between") as raised:
+        VideoChat.from_pretrained(folder, device="cpu")
+    assert str(folder / "config.json") in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_a_merged_model_keeps_the_budget_it_was_trained_with(budget_run, tmp_path):
     from mobilevideogpt import VideoChat
     from mobilevideogpt.export import merge_checkpoint

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
 from ..checkpoints import ADAPTER_WEIGHTS, NON_LORA_WEIGHTS, ModelSource, has_tokenizer, resolve_model_path
@@ -90,6 +91,12 @@ def load_model_config(source: ModelSource):
     )
     try:
         config = AutoConfig.from_pretrained(str(where))
+    except StrictDataclassError as err:  # a field the model's config rejects (e.g. an impossible token budget)
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ModelLoadError(
+            f"{Path(where) / 'config.json' if os.path.isdir(where) else where} describes a model this code cannot "
+            f"build: {one_line(cause)}; fix that field or use the checkpoint's original config.json"
+        ) from err
     except (OSError, ValueError) as err:
         raise ModelLoadError(_hub_hint(source, err)) from err
     if getattr(config, "model_type", None) != "MobileVideoGPT_qwen":
@@ -322,6 +329,7 @@ def load_for_inference(
     plan = plan_inference(device, dtype, quantize)
     if source.note:
         logger.info(source.note)
+    load_model_config(source)  # first: the tokenizer's loader reads config.json too, and would fail less clearly
     tokenizer = load_tokenizer(source)
     model = assemble_model(source, clip_path, videomamba_path)
     if model.config.has_vision:

@@ -180,9 +180,9 @@ def check_token_pipeline(config: MobileVideoGPTQwenConfig) -> None:
     budget = config.visual_token_budget
     if budget is not None and not problems:
         low, high = config.min_visual_tokens_per_video, config.full_visual_tokens_per_video
-        if isinstance(budget, bool) or not low <= budget <= high:
+        if isinstance(budget, bool) or not isinstance(budget, int) or not low <= budget <= high:
             problems.append(
-                f"visual_token_budget={budget!r} must be between {low} (every video token and one context token "
+                f"visual_token_budget={budget!r} must be a whole number between {low} (every video token and one context token "
                 f"per frame) and {high} (all), or null for all"
             )
     if problems:
