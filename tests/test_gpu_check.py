@@ -57,7 +57,7 @@ def test_on_cpu_the_gpu_rows_skip_and_the_others_measure(tmp_path):
     assert tests["numbers"]["skipped"] >= 4 and "needs a CUDA device" in tests["details"]
     assert re.fullmatch(r"0 passed, 0 failed, \d+ skipped", table["gpu tests (`pytest -m gpu`)"][0])
     scan = rows["VideoMamba selective scan"]["numbers"]
-    assert scan["scan_path"] in ("cpp", "torch") and scan["conv_path"] == "torch"
+    assert scan["scan_path"] in ("cpp", "torch") and scan["conv_path"] in ("cpp", "torch")  # no CUDA kernels on a CPU
     assert scan["scan_max_abs_diff"] < 1e-4 and scan["conv_max_abs_diff"] < 1e-4
     assert f"{scan['scan_max_abs_diff']:.2e}" in table["VideoMamba selective scan"][0]
 

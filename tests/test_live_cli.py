@@ -53,6 +53,38 @@ def test_live_writes_events_subtitles_summary_and_a_captioned_copy(mvgpt_fast_ch
     capture.release()
 
 
+def test_a_session_slower_than_real_time_says_what_would_keep_up():
+    from types import SimpleNamespace
+
+    from mobilevideogpt.cli.live import _summary_lines
+    from mobilevideogpt.live.session import SessionSummary
+    from mobilevideogpt.model.tiny import tiny_config
+
+    config = tiny_config()
+    slow = SessionSummary("v.mp4", True, 30.0, 8.0, 2.0, windows_answered=4, busy_s=28.0)
+    fast = SessionSummary("v.mp4", True, 30.0, 8.0, 2.0, windows_answered=4, busy_s=4.0)
+
+    def chat(quantize, visual_tokens):
+        return SimpleNamespace(plan=plan_inference("cpu", "auto", quantize), visual_tokens=visual_tokens,
+                               model=SimpleNamespace(config=config))
+
+    full = config.full_visual_tokens_per_video
+    try:
+        plan_inference("cpu", "auto", "w8a8")
+        w8a8_here = True
+    except Exception:
+        w8a8_here = False
+    (line,) = [l for l in _summary_lines(slow, chat(None, full)) if l.startswith("real-time factor")]
+    assert line.startswith("real-time factor 3.50 (7.00 s per window, one every 2.00 s): slower than real time")
+    assert "a longer --stride" in line and "VISUAL_TOKENS=0.25" in line
+    assert ("--quantize w8a8" in line) == w8a8_here
+    if w8a8_here:  # already asked for: not suggested again, nor a budget the model already has
+        (line,) = [l for l in _summary_lines(slow, chat("w8a8", 600)) if l.startswith("real-time factor")]
+        assert "--quantize" not in line and "VISUAL_TOKENS" not in line and "a longer --stride" in line
+    (line,) = [l for l in _summary_lines(fast, chat(None, full)) if l.startswith("real-time factor")]
+    assert line.endswith("keeps up with a live source")
+
+
 def test_live_on_a_stream_records_it_and_captions_the_recording(mvgpt_fast_checkpoint, sessions_file, tmp_path, capsys):
     video = sessions_file.parent / "session_01.mp4"
     out = tmp_path / "stream"

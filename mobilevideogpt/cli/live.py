@@ -80,7 +80,25 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes):02d}:{secs:06.3f}"
 
 
-def _summary_lines(summary) -> list[str]:
+def _keep_up_hints(chat) -> list[str]:
+    """What would let a session that is slower than real time keep up, beyond a longer stride."""
+    from ..errors import ModelLoadError
+    from ..runtime import plan_inference
+
+    hints = []
+    plan = chat.plan
+    if plan is not None and plan.device.type == "cpu" and not plan.int8_matmul:
+        try:
+            plan_inference("cpu", "auto", "w8a8")
+            hints.append("--quantize w8a8 (int8 x int8 products on this CPU)")
+        except ModelLoadError:
+            pass
+    if chat.visual_tokens == chat.model.config.full_visual_tokens_per_video:
+        hints.append("a model finetuned with fewer visual tokens (VISUAL_TOKENS=0.25 for mvgpt train)")
+    return hints
+
+
+def _summary_lines(summary, chat) -> list[str]:
     lines = [
         (
             f"answered {summary.windows_answered} windows ({summary.windows_skipped} skipped to keep up) over "
@@ -89,7 +107,13 @@ def _summary_lines(summary) -> list[str]:
         )
     ]
     if summary.real_time_factor is not None:
-        verdict = "keeps up with a live source" if summary.real_time_factor <= 1 else "slower than real time"
+        verdict = "keeps up with a live source"
+        if summary.real_time_factor > 1:
+            hints = ["a longer --stride", *_keep_up_hints(chat)]
+            verdict = (
+                f"slower than real time; to keep up: {', '.join(hints[:-1])} or {hints[-1]}" if len(hints) > 1
+                else f"slower than real time; to keep up: {hints[0]}"
+            ) + " (docs/LIVE.md)"
         lines.append(
             f"real-time factor {summary.real_time_factor:.2f} ({summary.seconds_per_window:.2f} s per window, one every "
             f"{summary.stride_s:.2f} s): {verdict}"
@@ -187,7 +211,7 @@ def _session(args: argparse.Namespace, chat, source, out: Path, status) -> int:
         status(f"burned {len(shown)} captions into {frames} frames")
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
     written.append(out / "summary.json")
-    for line in _summary_lines(summary):
+    for line in _summary_lines(summary, chat):
         status(line)
     status("wrote " + ", ".join(str(path) for path in written))
     if summary.error:

@@ -276,7 +276,7 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
   }
   if (p.last_state)
     for (int j = 0; j < nd; ++j)
-      for (int64_t n = 0; n < N; ++n) p.last_state[((b * p.dim) + d0 + j) * N + n] = h[n * kLanes + j];
+      for (int64_t n = 0; n < N; ++n) p.last_state[(b * p.dim + d0 + j) * N + n] = h[n * kLanes + j];
 }
 
 // Element size of a dtype code.
