@@ -99,8 +99,9 @@ def merge_checkpoint(
     out = Path(out_dir)
     check_output_folder(out, source, overwrite)
 
-    target_dtype = saved_dtype(load_model_config(source)) if dtype in (None, "", "auto") else resolve_dtype(dtype)
-    model = assemble_model(source, clip_path, videomamba_path, merge=True)
+    config = load_model_config(source)
+    target_dtype = saved_dtype(config) if dtype in (None, "", "auto") else resolve_dtype(dtype)
+    model = assemble_model(source, clip_path, videomamba_path, merge=True, config=config)
     model.to(target_dtype)
     model.config.dtype = target_dtype
     tokenizer = load_tokenizer(source)

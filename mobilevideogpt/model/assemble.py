@@ -107,13 +107,13 @@ def load_model_config(source: ModelSource):
     return config
 
 
-def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str | None):
-    """The base model in fp32 on the CPU, configured by `load_model_config`."""
+def _load_base(source: ModelSource, clip_path: str | None, videomamba_path: str | None, config=None):
+    """The base model in fp32 on the CPU, configured by `config` (default: `load_model_config(source)`)."""
     from transformers import AutoModelForCausalLM
 
     from safetensors import SafetensorError
 
-    config = load_model_config(source)
+    config = load_model_config(source) if config is None else config
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.base, config=config, dtype=torch.float32, clip_path=clip_path, videomamba_path=videomamba_path
@@ -214,9 +214,11 @@ def assemble_model(
     clip_path: str | None = None,
     videomamba_path: str | None = None,
     merge: bool = True,
+    config=None,
 ) -> torch.nn.Module:
-    """fp32 CPU model for `source`: base → projector weights → LoRA (merged unless `merge=False`), eval mode."""
-    model = _load_base(source, clip_path, videomamba_path)
+    """fp32 CPU model for `source`: base → projector weights → LoRA (merged unless `merge=False`), eval mode.
+    `config`: `load_model_config(source)` when the caller has read it already."""
+    model = _load_base(source, clip_path, videomamba_path, config)
     if source.has_projectors:
         names = apply_non_lora_weights(model, source.checkpoint / NON_LORA_WEIGHTS)
         logger.info("applied %d projector tensors from %s", len(names), source.checkpoint / NON_LORA_WEIGHTS)
@@ -329,9 +331,9 @@ def load_for_inference(
     plan = plan_inference(device, dtype, quantize)
     if source.note:
         logger.info(source.note)
-    load_model_config(source)  # first: the tokenizer's loader reads config.json too, and would fail less clearly
+    config = load_model_config(source)  # first: the tokenizer's loader reads config.json too, and fails less clearly
     tokenizer = load_tokenizer(source)
-    model = assemble_model(source, clip_path, videomamba_path)
+    model = assemble_model(source, clip_path, videomamba_path, config=config)
     if model.config.has_vision:
         apply_visual_token_budget(model, source, visual_tokens)
     rows = model.get_input_embeddings().weight.shape[0]

@@ -286,15 +286,8 @@ inline int64_t element_bytes(int32_t dtype) { return dtype == kBF16 ? 2 : 4; }
 template <typename V>
 V reversed(V v, int64_t seqlen) {
   if (v.p && seqlen > 0) {
-    v.p = static_cast<const char*>(v.p) + (seqlen - 1) * v.st * element_bytes(v.dtype);
-    v.st = -v.st;
-  }
-  return v;
-}
-
-OutView reversed(OutView v, int64_t seqlen) {
-  if (seqlen > 0) {
-    v.p = static_cast<char*>(v.p) + (seqlen - 1) * v.st * element_bytes(v.dtype);
+    const int64_t bytes = (seqlen - 1) * v.st * element_bytes(v.dtype);
+    v.p = reinterpret_cast<decltype(v.p)>(reinterpret_cast<uintptr_t>(v.p) + bytes);
     v.st = -v.st;
   }
   return v;
