@@ -6,13 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.engine import linear_cpu
+from mobilevideogpt.engine import int8_matmul, linear_cpu
 from mobilevideogpt.engine.lowp import (
     KERNEL_ROWS,
+    PrefillMLP,
     LowPrecisionEmbedding,
     LowPrecisionLinear,
     pack_language_model,
     quantize_rows,
+    is_gated_silu_mlp,
     widen,
 )
 from mobilevideogpt.model.tiny import build_tiny_model
@@ -86,3 +88,44 @@ def test_int8_embedding_rows_are_dequantized():
     embedding = LowPrecisionEmbedding(q, scale)
     ids = torch.tensor([[3, 19, 3]])
     torch.testing.assert_close(embedding(ids), (q.float() * scale[:, None])[ids])
+
+
+def _mlp_and_layers(fmt: str, int8_prefill: bool):
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP
+
+    torch.manual_seed(0)
+    mlp = Qwen2MLP(Qwen2Config(hidden_size=48, intermediate_size=136, hidden_act="silu"))
+    layers = [LowPrecisionLinear.from_linear(m, fmt, torch.float32, int8_prefill) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+    return mlp, layers
+
+
+@pytest.mark.parametrize(
+    "fmt, int8_prefill",
+    [("bf16", False), ("int8", False), pytest.param("int8", True, marks=pytest.mark.skipif(
+        int8_matmul.problem() is not None, reason=f"no fbgemm here: {int8_matmul.problem()}"))],
+)  # fmt: skip
+def test_prefill_mlp_computes_the_unfused_layers(linear_kernel, fmt, int8_prefill):
+    """silu(gate) * up fused (and with int8 prefills gate and up as one product, silu fused with down's input
+    normalisation): the numbers of the three projections called one by one, on prefill and decode row counts."""
+    mlp, (gate, up, down) = _mlp_and_layers(fmt, int8_prefill)
+    x = torch.randn(1, 45, 48)
+    with torch.inference_mode():
+        expected = down(F.silu(gate(x)) * up(x))
+        decode_expected = down(F.silu(gate(x[:, :2])) * up(x[:, :2]))
+        assert is_gated_silu_mlp(mlp)
+        fused = PrefillMLP(gate, up, down)
+        assert (fused.gate_up is not None) == int8_prefill
+        assert (gate.packed is None and up.packed is None) if int8_prefill else gate.packed is None
+        out = fused(x)
+        assert out.shape == x.shape and out.dtype == torch.float32
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
+        assert torch.equal(fused(x[:, :2]), decode_expected)  # decode rows: the kernel path, unchanged
+
+
+@pytest.mark.skipif(int8_matmul.problem() is not None, reason=f"no fbgemm here: {int8_matmul.problem()}")
+def test_packing_puts_every_mlp_in_one_module(linear_kernel):
+    w8a8 = pack_language_model(build_tiny_model(seed=0), "int8", int8_prefill=True)
+    assert all(isinstance(layer.mlp, PrefillMLP) and layer.mlp.gate_up is not None for layer in w8a8.model.layers)
+    plain = pack_language_model(build_tiny_model(seed=0), "bf16")
+    assert all(isinstance(layer.mlp, PrefillMLP) and layer.mlp.gate_up is None for layer in plain.model.layers)

@@ -10,6 +10,10 @@ transformers path grow with it, measured on 2 shared cores (full-size Qwen2.5-0.
   the 7 query heads that share a key/value head are stacked as 7 queries of one head (the "packed" layout that
   transformers itself uses when a mask is present). `ATTENTION` names that implementation.
 
+A prompt's first prefill (no cached prefix, no mask) on the CPU runs the compiled causal attention instead
+(`attention_cpu`: flash attention with the grouped heads packed, written in the layout the output projection reads):
+at 2500 positions, 14 query and 2 key/value heads, 87 ms a layer against SDPA's 97 on 2 cores of an AVX2 EPYC.
+
 `new_cache(config)` builds the cache; `use_packed_attention(model)` switches a model to the attention function.
 Both give the same results as the stock path (up to summation order).
 """
@@ -22,6 +26,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from . import attention_cpu
 
 ATTENTION = "mvgpt_sdpa"
 GROWTH = 1.25  # buffer capacity over the length it must hold (plus HEADROOM): growth is rare and cheap
@@ -108,7 +114,11 @@ def new_cache(config) -> DynamicCache:
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' SDPA attention, except that one unmasked query with grouped key/value heads runs packed."""
+    """transformers' SDPA attention, except that one unmasked query with grouped key/value heads runs packed, and a
+    CPU prompt's causal self-attention (no cached prefix, no mask) runs the compiled kernel (`attention_cpu`)."""
+    if _compiled_prefill(module, query, key, value, attention_mask, dropout, kwargs):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return attention_cpu.causal_attention(query, key, value, scale), None
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] == 1 and attention_mask is None and groups > 1 and not kwargs.get("output_attentions"):
         batch, heads, _, dim = query.shape
@@ -116,6 +126,22 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         out = F.scaled_dot_product_attention(packed, key, value, dropout_p=dropout, scale=scaling)
         return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _compiled_prefill(module, query, key, value, attention_mask, dropout, kwargs) -> bool:
+    """A causal self-attention over the whole prompt that the compiled kernel computes: several queries at the keys'
+    positions, no mask (transformers passes none for an unpadded causal prompt), fp32 on the CPU, no gradient."""
+    return (
+        query.shape[2] > 1
+        and attention_mask is None
+        and getattr(module, "is_causal", True)
+        and not dropout
+        and kwargs.get("sliding_window") is None
+        and not kwargs.get("output_attentions")
+        and not torch.is_grad_enabled()
+        and attention_cpu.takes(query, key, value)
+        and attention_cpu.load_kernel() is not None
+    )
 
 
 AttentionInterface.register(ATTENTION, packed_sdpa_attention)

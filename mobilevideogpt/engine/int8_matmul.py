@@ -10,7 +10,8 @@ fp32, 1.4-1.6x faster; single matrix products at the prefill's and CLIP's shapes
 Quantization, chosen for quality:
 - weights: symmetric per output row (`quantize_rows`), the same int8 values the decode kernel reads;
 - activations: per row (per token), dynamically: each row is divided by its largest magnitude before fbgemm
-  quantizes the tensor (one range, now [-1, 1] for every row), and the product is multiplied back. fbgemm alone
+  quantizes the tensor (one range, now [-1, 1] for every row), and the product is multiplied back (these row passes
+  are compiled, `rows_cpu.py`, where the library builds; a gated MLP fuses silu(gate) * up into the division). fbgemm alone
   quantizes the whole tensor with one range, so one large token (an attention sink) would coarsen every other
   row: on a (2500 x 896) input with one token 50x and one channel 30x the rest, the relative error of the product
   was 0.55 per tensor and 0.087 per token (what is left is the large channel's, inside each row).
@@ -31,6 +32,8 @@ import warnings
 
 import torch
 import torch.nn as nn
+
+from . import rows_cpu
 
 _ENGINES = ("x86", "fbgemm")  # torch's quantized engines that run fbgemm's kernels
 QUANTIZE_ROWS_PER_STEP = 4096  # bounds the fp32 temporaries of quantizing a large matrix (the embedding: ~15 MB)
@@ -80,16 +83,39 @@ def pack_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
         return torch.ops.quantized.linear_prepack(weight, None)
 
 
-def linear(x: torch.Tensor, packed: torch.ScriptObject, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (..., K) float → (..., N) fp32: x times the packed weight, activations quantized per row."""
-    flat = x.reshape(-1, x.shape[-1]).float()
+def normalize_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """flat (rows, K) fp32 → (flat / m, m): each row divided by its largest magnitude m (rows, 1), at least float32's
+    tiny, so that fbgemm's one range ([-1, 1]) fits every row."""
+    if rows_cpu.takes(flat) and rows_cpu.load_kernel() is not None:
+        return rows_cpu.normalize_rows(flat)
     # max |x| per row as max(max x, -min x): two reads of x instead of writing |x| and reading it back
     row_max = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_())
     row_max.clamp_min_(torch.finfo(torch.float32).tiny)
-    out = torch.ops.quantized.linear_dynamic(flat / row_max, packed, reduce_range()).mul_(row_max)
-    if bias is not None:
-        out.add_(bias)
-    return out.reshape(*x.shape[:-1], out_features)
+    return flat / row_max, row_max
+
+
+def silu_mul_normalized(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate, up (rows, K) fp32 → `normalize_rows(silu(gate) * up)`: a gated MLP's input of its down projection, in
+    one pass where the compiled kernels run."""
+    if rows_cpu.takes(gate, up) and rows_cpu.load_kernel() is not None:
+        return rows_cpu.silu_mul(gate, up, normalize=True)
+    return normalize_rows(torch.nn.functional.silu(gate) * up)
+
+
+def product(
+    normalized: torch.Tensor, row_max: torch.Tensor, packed: torch.ScriptObject, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(rows, K) rows from `normalize_rows` times the packed weight → (rows, N) fp32, scaled back per row, + bias."""
+    out = torch.ops.quantized.linear_dynamic(normalized, packed, reduce_range())
+    if rows_cpu.takes(out) and rows_cpu.load_kernel() is not None:
+        return rows_cpu.scale_rows_(out, row_max, bias)
+    return out.mul_(row_max) if bias is None else torch.addcmul(bias, out, row_max)
+
+
+def linear(x: torch.Tensor, packed: torch.ScriptObject, out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) float → (..., N) fp32: x times the packed weight, activations quantized per row."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    return product(*normalize_rows(flat), packed, bias).reshape(*x.shape[:-1], out_features)
 
 
 class Int8Linear(nn.Module):

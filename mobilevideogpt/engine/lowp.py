@@ -16,6 +16,9 @@ Forward of `LowPrecisionLinear`, chosen by the number of activation rows:
   `int8_prefill` (int8 weights, `--quantize w8a8`) the prefill multiplies int8 activations by the same int8 weights
   instead (`int8_matmul.py`: faster where the CPU has no bf16 units, one more rounding per activation).
 
+Each gated MLP becomes a `PrefillMLP`, which runs a prefill's silu(gate) * up as one compiled pass (and with int8 x
+int8 prefills multiplies by gate and up together).
+
 Everything outside the LLM's linear layers and embedding (norms, biases, rotary tables, the vision towers and
 projectors) keeps its dtype. Hidden states stay fp32.
 """
@@ -27,8 +30,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.activations import SiLUActivation
 
-from . import int8_matmul, linear_cpu
+from . import int8_matmul, linear_cpu, rows_cpu
 from .int8_matmul import quantize_rows
 
 WeightFormat = Literal["bf16", "int8"]
@@ -102,6 +106,50 @@ class LowPrecisionLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, matmul={matmul}"
 
 
+class PrefillMLP(nn.Module):
+    """A gated SiLU MLP, down(silu(gate(x)) * up(x)), of `LowPrecisionLinear`s, with its prefill's element-wise work
+    compiled (`rows_cpu`): silu(gate) * up in one pass instead of three over (prompt x intermediate) matrices.
+
+    With int8 x int8 prefills (all three projections packed), gate and up are one product (one normalisation of the
+    input, one fbgemm call) and silu(gate) * up is fused with the normalisation of down's input
+    (`int8_matmul.silu_mul_normalized`). All prompt rows go in one call: fbgemm runs fastest on tall inputs (measured
+    on 2 cores of an AVX2 EPYC at 2500 rows, a full-size MLP took 286 ms in one block, 302-328 ms in blocks of
+    1024-256 rows). Decode steps use the projections as they are. The same numbers as the unfused layers up to silu's
+    rounding."""
+
+    def __init__(self, gate_proj: LowPrecisionLinear, up_proj: LowPrecisionLinear, down_proj: LowPrecisionLinear) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
+        self.intermediate = gate_proj.out_features
+        self.gate_up = None
+        int8 = gate_proj.packed is not None and up_proj.packed is not None and down_proj.packed is not None
+        if int8 and gate_proj.bias is None and up_proj.bias is None:
+            rows = torch.cat([gate_proj.weight, up_proj.weight]), torch.cat([gate_proj.scale, up_proj.scale])
+            self.gate_up = int8_matmul.pack_rows(*rows)
+            gate_proj.packed = up_proj.packed = None  # their rows live in `gate_up` now
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows <= KERNEL_ROWS:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        width = self.intermediate
+        if self.gate_up is None:
+            gate, up = self.gate_proj(x).reshape(rows, width), self.up_proj(x).reshape(rows, width)
+            fused = rows_cpu.takes(gate, up) and rows_cpu.load_kernel() is not None
+            act = rows_cpu.silu_mul(gate, up, normalize=False)[0] if fused else F.silu(gate) * up
+            return self.down_proj(act).reshape(*x.shape[:-1], -1)
+        gate_up = int8_matmul.linear(x.reshape(rows, x.shape[-1]), self.gate_up, 2 * width, None)
+        act = int8_matmul.silu_mul_normalized(gate_up[:, :width], gate_up[:, width:])
+        out = int8_matmul.product(*act, self.down_proj.packed, self.down_proj.bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+
+def is_gated_silu_mlp(module: nn.Module) -> bool:
+    """A transformers Llama/Qwen2-style MLP: `gate_proj`, `up_proj`, `down_proj`, SiLU `act_fn`."""
+    projections = all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj"))
+    return projections and isinstance(getattr(module, "act_fn", None), (nn.SiLU, SiLUActivation))
+
+
 class LowPrecisionEmbedding(nn.Module):
     """Token embedding stored like `LowPrecisionLinear` (and shared with a tied LM head); looks up fp32 rows."""
 
@@ -134,6 +182,8 @@ def pack_language_model(
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(parent, name, LowPrecisionLinear.from_linear(child, fmt, matmul_dtype, int8_prefill))
+        if is_gated_silu_mlp(layer.mlp):
+            layer.mlp = PrefillMLP(layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
     embedding = decoder.embed_tokens
     tied = model.lm_head.weight is embedding.weight
     weight, scale = _store(embedding.weight, fmt)

@@ -2,8 +2,8 @@
 
 Each source is compiled on first use with the system C++ compiler into a plain shared library. The sources include
 no torch header, so a build takes a couple of seconds and does not depend on the torch ABI. Nothing is compiled at
-import time; the kernel modules (``scan_cpu``, ``linear_cpu``) call ``build_and_load`` and fall back to PyTorch when
-it fails.
+import time; the kernel modules (``scan_cpu``, ``linear_cpu``, ``rows_cpu``, ``attention_cpu``) call ``build_and_load``
+and fall back to PyTorch when it fails.
 
 Where a library lives, and why it can be trusted: ``$TORCH_EXTENSIONS_DIR`` (default: torch's extension cache,
 ``~/.cache/torch_extensions``), sub-folder ``mobilevideogpt_<kernel>_<hash of source, compiler and flags>``. A

@@ -1,0 +1,121 @@
+"""Compiled row-wise passes of the CPU's int8 x int8 prefills (``int8_matmul.py``): per-row normalisation of the
+activations, the row scale (+ bias) on the product, and the gated MLP's silu(gate) * up fused with the normalisation
+of its result.
+
+``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
+expressions in ``int8_matmul.py`` compute (the same divisions, products and sums; silu's exponential within ~1 ulp),
+in one or two passes over each row instead of up to five. ``load_kernel()`` returns ``None`` where the library cannot
+be built or safely loaded here (the reason is in ``build_error()``); the callers then use those PyTorch expressions.
+All tensors are fp32 on the CPU with unit stride along a row.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+from . import native
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "rows_cpu.cpp"
+_LIBRARY = "rows_cpu.so"
+_WHAT = "int8 row kernels"
+
+_i64, _ptr_t, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+
+
+class Kernels(NamedTuple):
+    """The library's entry points (ctypes functions returning 0 on success)."""
+
+    normalize: Callable[..., int]
+    silu_mul: Callable[..., int]
+    scale_add: Callable[..., int]
+
+
+def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]:
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = ctypes.c_int, argtypes
+    return fn
+
+
+def _build() -> Kernels:
+    recipe = native.build_recipe(SOURCE, "rows_cpu", native.compiler())
+    lib = native.build_and_load(recipe, _LIBRARY, _WHAT, lambda *args: native.compile_library(*args, _LIBRARY, _WHAT))
+    return Kernels(
+        _function(lib, "mvg_rows_normalize", [_ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
+        _function(lib, "mvg_silu_mul", [_ptr_t, _i64, _ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
+        _function(lib, "mvg_rows_scale_add", [_ptr_t, _i64, _i64, _i64, _ptr_t, _ptr_t, _int]),
+    )
+
+
+KERNEL = native.LazyKernel(_build, "compiled int8 row kernels unavailable, using PyTorch")
+
+
+def load_kernel() -> Optional[Kernels]:
+    """Build (first call only, ~2 s) and load the kernels; ``None`` if that is impossible or unsafe here."""
+    return KERNEL.load()
+
+
+def build_error() -> Optional[str]:
+    """Why the last ``load_kernel()`` returned ``None`` (``None`` if it did not fail or was not tried)."""
+    return KERNEL.error
+
+
+def takes(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can read these (rows, k) matrices in place: fp32 CPU, unit stride along a row."""
+    return all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.stride(1) == 1 for t in tensors
+    )
+
+
+def _kernels() -> Kernels:
+    kernels = load_kernel()
+    if kernels is None:
+        raise RuntimeError(f"the compiled int8 row kernels are unavailable: {build_error()}")
+    return kernels
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"compiled {what} kernel failed with code {rc}")
+
+
+def normalize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (rows, k) → (x / m, m) with m (rows, 1) = the largest |x| of each row, at least float32's tiny."""
+    if not takes(x):
+        raise ValueError(f"x must be an fp32 CPU matrix with unit stride along its rows, got {x.dtype} {tuple(x.stride())}")
+    rows, k = x.shape
+    out = torch.empty(rows, k, dtype=torch.float32)
+    row_max = torch.empty(rows, 1, dtype=torch.float32)
+    rc = _kernels().normalize(x.data_ptr(), rows, k, x.stride(0), out.data_ptr(), k, row_max.data_ptr(),
+                              torch.get_num_threads())  # fmt: skip
+    _check(rc, "row normalisation")
+    return out, row_max
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """gate, up (rows, k) → silu(gate) * up, and with `normalize` that product divided by its rows' largest |value|
+    together with those (rows, 1) maxima (as `normalize_rows` of the product); else (product, None)."""
+    if not takes(gate, up) or gate.shape != up.shape:
+        raise ValueError(f"gate and up must be fp32 CPU matrices of one shape, got {tuple(gate.shape)}, {tuple(up.shape)}")
+    rows, k = gate.shape
+    out = torch.empty(rows, k, dtype=torch.float32)
+    row_max = torch.empty(rows, 1, dtype=torch.float32) if normalize else None
+    rc = _kernels().silu_mul(gate.data_ptr(), gate.stride(0), up.data_ptr(), up.stride(0), rows, k, out.data_ptr(), k,
+                             None if row_max is None else row_max.data_ptr(), torch.get_num_threads())  # fmt: skip
+    _check(rc, "silu(gate) * up")
+    return out, row_max
+
+
+def scale_rows_(y: torch.Tensor, row_max: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """In place: y (rows, n) = y * row_max (rows, 1), plus bias (n,) if given (fp32, contiguous); returns y."""
+    if not takes(y) or row_max.dtype != torch.float32 or not row_max.is_contiguous() or row_max.numel() != y.shape[0]:
+        raise ValueError(f"y {y.dtype} {tuple(y.shape)} / row_max {tuple(row_max.shape)} do not fit the kernel")
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous() or bias.numel() != y.shape[1]):
+        raise ValueError(f"bias must be fp32 contiguous ({y.shape[1]},), got {bias.dtype} {tuple(bias.shape)}")
+    rc = _kernels().scale_add(y.data_ptr(), y.shape[0], y.shape[1], y.stride(0), row_max.data_ptr(),
+                              None if bias is None else bias.data_ptr(), torch.get_num_threads())  # fmt: skip
+    _check(rc, "row scale")
+    return y

@@ -1,0 +1,92 @@
+"""Compiled row passes of int8 prefills (engine/rows_cpu.py): each against the PyTorch expression it replaces, on
+awkward shapes and strides, and the int8_matmul entry points with and without the library."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobilevideogpt.engine import int8_matmul, native, rows_cpu
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+@pytest.fixture(scope="module")
+def rows_kernel():
+    if rows_cpu.load_kernel() is None:
+        if native.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the kernels cannot be built")
+        pytest.fail(f"the int8 row kernels failed to build: {rows_cpu.build_error()}")
+
+
+def torch_normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    row_max = torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True)).clamp_min(TINY)
+    return x / row_max, row_max
+
+
+@pytest.mark.parametrize("rows, k", [(1, 1), (3, 7), (9, 8), (37, 100), (300, 4864)])
+def test_normalize_is_torchs_bit_for_bit(rows_kernel, rows, k):
+    torch.manual_seed(rows)
+    wide = torch.randn(rows, k + 5) * 10
+    x = wide[:, 2 : 2 + k]  # a row stride larger than the row
+    if rows > 2:
+        x[1] = 0.0  # divided by the smallest normal float, not by zero
+        x[2] = -x[2].abs()  # the largest magnitude is negative
+    out, row_max = rows_cpu.normalize_rows(x)
+    ref_out, ref_max = torch_normalize(x)
+    assert out.is_contiguous() and row_max.shape == (rows, 1)
+    assert torch.equal(row_max, ref_max) and torch.equal(out, ref_out)
+    assert float(out.abs().amax(dim=1).max()) <= 1.0
+
+
+@pytest.mark.parametrize("rows, k", [(1, 3), (5, 8), (33, 250), (64, 4864)])
+def test_silu_mul_matches_torch(rows_kernel, rows, k):
+    torch.manual_seed(k)
+    both = torch.randn(rows, 2 * k) * 6
+    both[0, :3] = torch.tensor([-120.0, 95.0, 0.0])[:k]  # silu's exp at both ends of float32's range
+    gate, up = both[:, :k], both[:, k:]  # two halves of one matrix, as a merged gate/up product gives them
+    ref = F.silu(gate) * up
+    out, none = rows_cpu.silu_mul(gate, up, normalize=False)
+    assert none is None
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-30)
+    normalized, row_max = rows_cpu.silu_mul(gate, up, normalize=True)
+    ref_normalized, ref_max = torch_normalize(out)
+    assert torch.equal(row_max, ref_max) and torch.equal(normalized, ref_normalized)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_scale_rows_rounds_once(rows_kernel, with_bias):
+    torch.manual_seed(0)
+    y = torch.randn(70, 43)
+    row_max = torch.rand(70, 1) * 5
+    bias = torch.randn(43) if with_bias else None
+    exact = y.double() * row_max.double() + (0.0 if bias is None else bias.double())  # the product is exact in fp64
+    expected = exact.float()
+    out = rows_cpu.scale_rows_(y.clone(), row_max, bias)
+    assert torch.equal(out, expected)
+
+
+def test_inputs_the_kernels_cannot_read_are_refused(rows_kernel):
+    with pytest.raises(ValueError, match="unit stride"):
+        rows_cpu.normalize_rows(torch.randn(8, 6).t())
+    with pytest.raises(ValueError, match="one shape"):
+        rows_cpu.silu_mul(torch.randn(4, 8), torch.randn(4, 9), normalize=True)
+    with pytest.raises(ValueError, match="bias"):
+        rows_cpu.scale_rows_(torch.randn(4, 8), torch.ones(4, 1), torch.ones(7))
+    assert not rows_cpu.takes(torch.randn(4, 8, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(int8_matmul.problem() is not None, reason=f"no fbgemm here: {int8_matmul.problem()}")
+def test_int8_products_are_the_same_without_the_library(rows_kernel, monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 40)
+    quantized = int8_matmul.Int8Linear.from_linear(layer)
+    x = torch.randn(2, 30, 96)
+    gate, up = torch.randn(30, 64), torch.randn(30, 64)
+    compiled = quantized(x), int8_matmul.silu_mul_normalized(gate, up)
+    monkeypatch.setattr(rows_cpu, "load_kernel", lambda: None)
+    plain = quantized(x), int8_matmul.silu_mul_normalized(gate, up)
+    torch.testing.assert_close(compiled[0], plain[0], rtol=1e-6, atol=1e-6)  # the bias: one rounding or two
+    torch.testing.assert_close(compiled[1][0], plain[1][0], rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(compiled[1][1], plain[1][1], rtol=2e-6, atol=0)
