@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ..constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .clip import CLIPImageTower
 from .configuration import MobileVideoGPTQwenConfig, check_token_pipeline
+from .last_position import LastPositionDecoderLayer, last_position_only
 from .loading import load_pretrained
 from .projector import EfficientTokenProjector
 from .splice import PaddingSide, SplicedBatch, splice_visual_tokens
@@ -29,9 +30,13 @@ from .visual_tokens import video_visual_tokens
 
 class MobileVideoGPTQwenModel(Qwen2Model):
     config_class = MobileVideoGPTQwenConfig
+    # Device maps and FSDP wrapping match layers by class name: the last layer keeps its modules together too.
+    _no_split_modules = ["Qwen2DecoderLayer", "LastPositionDecoderLayer"]
 
     def __init__(self, config: MobileVideoGPTQwenConfig) -> None:
         super().__init__(config)
+        # A generation prefill needs the last layer's output at the last position only (see `last_position.py`).
+        self.layers[-1] = LastPositionDecoderLayer(self.layers[-1])
         if not config.has_vision:
             return
         video_config, clip_config = config.videomamba(), config.clip_vision()
@@ -261,15 +266,31 @@ class MobileVideoGPTQwenForCausalLM(Qwen2ForCausalLM):
                 labels, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
             )
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
+        with last_position_only(self._uses_last_position_only(logits_to_keep, labels, kwargs)):
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+
+    def _uses_last_position_only(
+        self, logits_to_keep: int | torch.Tensor, labels: torch.Tensor | None, kwargs: dict
+    ) -> bool:
+        """Whether this forward's caller reads nothing but the last position's logits (and the cache): a
+        generation prefill or decode step. Then the last decoder layer may skip the other positions."""
+        return (
+            isinstance(logits_to_keep, int)
+            and logits_to_keep == 1
+            and labels is None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not kwargs.get("output_hidden_states", getattr(self.config, "output_hidden_states", False))
+            and not kwargs.get("output_attentions", getattr(self.config, "output_attentions", False))
         )
 
     def _supervised_loss(
