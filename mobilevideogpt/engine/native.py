@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
@@ -220,6 +221,16 @@ def compile_library(cxx: str, flags: list[str], source: bytes, build_dir: Path, 
                 os.unlink(path)
 
 
+_LOCAL_INCLUDE = re.compile(rb'^#include "([A-Za-z0-9_]+\.h)"[ \t]*$', re.MULTILINE)
+
+
+def expand_local_includes(source: bytes, folder: Path) -> bytes:
+    """``source`` with each ``#include "name.h"`` line replaced by that header's text from ``folder`` (the package's
+    csrc/), so that a library is compiled from one self-contained file and its cache key covers every line of it.
+    Raises ``OSError`` for a missing header."""
+    return _LOCAL_INCLUDE.sub(lambda match: (folder / match.group(1).decode()).read_bytes().rstrip(b"\n"), source)
+
+
 def build_recipe(source_path: Path, kernel: str, cxx: Optional[str]) -> tuple[str, list[str], bytes, str]:
     """(compiler, flags, source bytes, build folder name) for one kernel; raises RuntimeError if it cannot be built
     here. ``cxx`` is the compiler found (``compiler()``), passed in so a caller's lookup can be replaced in tests."""
@@ -228,9 +239,10 @@ def build_recipe(source_path: Path, kernel: str, cxx: Optional[str]) -> tuple[st
     if cxx is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     try:
-        source = source_path.read_bytes()
+        source = expand_local_includes(source_path.read_bytes(), source_path.parent)
     except OSError as exc:
-        raise RuntimeError(f"the kernel source {source_path} is missing from the installed package; reinstall") from exc
+        missing = exc.filename or source_path
+        raise RuntimeError(f"the kernel source {missing} is missing from the installed package; reinstall") from exc
     flags = [*BASE_FLAGS, *arch_flags()]
     key = b"\n".join([source, cxx.encode(), " ".join(flags).encode(), platform.machine().encode()])
     return cxx, flags, source, f"mobilevideogpt_{kernel}_{hashlib.sha256(key).hexdigest()[:16]}"

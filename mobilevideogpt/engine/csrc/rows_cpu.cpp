@@ -85,25 +85,9 @@ void divide_row(const float* x, float m, int64_t k, float* out) {
   for (; j < k; ++j) out[j] = x[j] / m;
 }
 
-// silu(g) = g / (1 + e^-g), then times u: the order torch rounds in. e^x is Cephes-style (~1 ulp) in vectors.
-#if defined(MVG_ROWS_AVX2)
-inline __m256 exp_v(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(k, _mm256_set1_ps(0.693359375f)));
-  r = _mm256_add_ps(r, _mm256_mul_ps(k, _mm256_set1_ps(2.12194440e-4f)));
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-}
-#endif
+#include "exp_avx2.h"
+
+// silu(g) = g / (1 + e^-g), then times u: the order torch rounds in.
 
 void silu_mul_row(const float* g, const float* u, int64_t k, float* out) {
   int64_t j = 0;
@@ -112,7 +96,7 @@ void silu_mul_row(const float* g, const float* u, int64_t k, float* out) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (; j + 8 <= k; j += 8) {
     const __m256 v = _mm256_loadu_ps(g + j);
-    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp_v(_mm256_xor_ps(v, sign))));
+    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(v, sign))));
     _mm256_storeu_ps(out + j, _mm256_mul_ps(s, _mm256_loadu_ps(u + j)));
   }
 #endif
