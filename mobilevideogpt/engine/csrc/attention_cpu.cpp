@@ -39,6 +39,7 @@ struct Problem {
 };
 
 #include "exp_avx2.h"
+#include "threads.h"
 
 // e^x for x <= 0 (scores minus their running maximum); exactly 0 below about -87.3, including -inf.
 #if defined(MVG_ATTENTION_AVX2)
@@ -289,13 +290,6 @@ extern "C" int mvg_causal_attention_fwd(const float* q, const float* k, const fl
       failed = true;
     }
   };
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(num_threads, items));
-  std::vector<std::thread> pool;
-  try {
-    for (int64_t i = 1; i < wanted; ++i) pool.emplace_back(worker);
-  } catch (...) {
-  }
-  worker();
-  for (auto& th : pool) th.join();
+  on_threads(num_threads, items, worker);
   return failed ? 2 : 0;
 }

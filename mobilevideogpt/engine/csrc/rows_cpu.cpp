@@ -27,6 +27,8 @@
 
 namespace {
 
+#include "threads.h"
+
 constexpr int64_t kRowsPerItem = 8;  // rows per work item handed to a thread
 
 // Runs work(first_row, last_row) over [0, rows) on up to num_threads threads, the caller's among them.
@@ -38,15 +40,7 @@ void run_rows(int64_t rows, int num_threads, Work work) {
     for (int64_t it = next++; it < items; it = next++)
       work(it * kRowsPerItem, std::min(rows, (it + 1) * kRowsPerItem));
   };
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(num_threads, items));
-  std::vector<std::thread> pool;
-  try {
-    for (int64_t i = 1; i < wanted; ++i) pool.emplace_back(worker);
-  } catch (...) {
-    // Fewer threads than asked for: the running workers still take every item.
-  }
-  worker();
-  for (auto& t : pool) t.join();
+  on_threads(num_threads, items, worker);
 }
 
 // The largest |x| of a row, at least FLT_MIN (an all-zero row divides by that, not by zero), as torch's

@@ -404,6 +404,8 @@ void conv_block(const ConvProblem& p, int64_t b, int64_t t0, int64_t t1, float* 
     conv_steps<float, float>(p, b, t0, t1, acc);
 }
 
+#include "threads.h"
+
 // Runs work(item, scratch) for items [0, items) on up to num_threads threads (the caller's among them), each with its
 // own scratch; false when a worker ran out of memory.
 template <typename MakeScratch, typename Work>
@@ -426,15 +428,7 @@ bool run_parallel(int64_t items, int num_threads, MakeScratch make_scratch, Work
     _mm_setcsr(saved_csr);
 #endif
   };
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(num_threads, items));
-  std::vector<std::thread> pool;
-  try {
-    for (int64_t i = 1; i < wanted; ++i) pool.emplace_back(worker);
-  } catch (...) {
-    // Fewer threads than asked for: the running workers still take every item.
-  }
-  worker();
-  for (auto& t : pool) t.join();
+  on_threads(num_threads, items, worker);
   return !failed;
 }
 
