@@ -85,15 +85,38 @@ def cpu_plan(monkeypatch):
     runtime.cpu_features.cache_clear()
 
 
+def require_kernel(module, what: str) -> None:
+    """Build a kernel module's library; skip where no C++ compiler exists, fail where it exists and the build fails."""
+    from mobilevideogpt.engine import native
+
+    if module.load_kernel() is None:
+        if native.compiler() is None:
+            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
+        pytest.fail(f"the {what} failed to build: {module.build_error()}")
+
+
 @pytest.fixture(scope="session")
 def linear_kernel():
     """The compiled low-precision linear kernel, built (a machine without a C++ compiler cannot run the packed paths)."""
-    from mobilevideogpt.engine import linear_cpu, native
+    from mobilevideogpt.engine import linear_cpu
 
-    if linear_cpu.load_kernel() is None:
-        if native.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the kernel cannot be built")
-        pytest.fail(f"the low-precision linear kernel failed to build: {linear_cpu.build_error()}")
+    require_kernel(linear_cpu, "low-precision linear kernel")
+
+
+@pytest.fixture(scope="session")
+def rows_kernel():
+    """The compiled row passes of int8 prefills, built."""
+    from mobilevideogpt.engine import rows_cpu
+
+    require_kernel(rows_cpu, "int8 row kernels")
+
+
+@pytest.fixture(scope="session")
+def attention_kernel():
+    """The compiled causal attention of CPU prefills, built."""
+    from mobilevideogpt.engine import attention_cpu
+
+    require_kernel(attention_cpu, "causal attention kernel")
 
 
 def run_demo(folder: Path, *options: str) -> tuple[Path, str, dict]:

@@ -7,17 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobilevideogpt.engine import int8_matmul, native, rows_cpu
+from mobilevideogpt.engine import int8_matmul, rows_cpu
 
 TINY = torch.finfo(torch.float32).tiny
-
-
-@pytest.fixture(scope="module")
-def rows_kernel():
-    if rows_cpu.load_kernel() is None:
-        if native.compiler() is None:
-            pytest.skip("no C++ compiler on this machine: the kernels cannot be built")
-        pytest.fail(f"the int8 row kernels failed to build: {rows_cpu.build_error()}")
 
 
 def torch_normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,13 +18,10 @@ import torch
 from . import native
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "attention_cpu.cpp"
-_LIBRARY = "attention_cpu.so"
-_WHAT = "causal attention kernel"
 
 
 def _build() -> Callable[..., int]:
-    recipe = native.build_recipe(SOURCE, "attention_cpu", native.compiler())
-    lib = native.build_and_load(recipe, _LIBRARY, _WHAT, lambda *args: native.compile_library(*args, _LIBRARY, _WHAT))
+    lib = native.build_library(SOURCE, "attention_cpu", "causal attention kernel")
     fn = lib.mvg_causal_attention_fwd
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.POINTER(ctypes.c_int64)] * 3

@@ -10,11 +10,12 @@ fp32, 1.4-1.6x faster; single matrix products at the prefill's and CLIP's shapes
 Quantization, chosen for quality:
 - weights: symmetric per output row (`quantize_rows`), the same int8 values the decode kernel reads;
 - activations: per row (per token), dynamically: each row is divided by its largest magnitude before fbgemm
-  quantizes the tensor (one range, now [-1, 1] for every row), and the product is multiplied back (these row passes
-  are compiled, `rows_cpu.py`, where the library builds; a gated MLP fuses silu(gate) * up into the division). fbgemm alone
-  quantizes the whole tensor with one range, so one large token (an attention sink) would coarsen every other
-  row: on a (2500 x 896) input with one token 50x and one channel 30x the rest, the relative error of the product
-  was 0.55 per tensor and 0.087 per token (what is left is the large channel's, inside each row).
+  quantizes the tensor (one range, now [-1, 1] for every row), and the product is multiplied back (these row
+  passes are compiled, `rows_cpu.py`, where the library builds; a gated MLP fuses silu(gate) * up into the
+  division). fbgemm alone quantizes the whole tensor with one range, so one large token (an attention sink) would
+  coarsen every other row: on a (2500 x 896) input with one token 50x and one channel 30x the rest, the relative
+  error of the product was 0.55 per tensor and 0.087 per token (what is left is the large channel's, inside each
+  row).
 - On CPUs without VNNI the activations use 7 bits (`reduce_range`): `vpmaddubsw` adds pairs of u8 x s8 products
   in int16 and would saturate with 8. With VNNI all 8 bits are used.
 
@@ -86,7 +87,7 @@ def pack_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.ScriptObject:
 def normalize_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """flat (rows, K) fp32 → (flat / m, m): each row divided by its largest magnitude m (rows, 1), at least float32's
     tiny, so that fbgemm's one range ([-1, 1]) fits every row."""
-    if rows_cpu.takes(flat) and rows_cpu.load_kernel() is not None:
+    if rows_cpu.available(flat):
         return rows_cpu.normalize_rows(flat)
     # max |x| per row as max(max x, -min x): two reads of x instead of writing |x| and reading it back
     row_max = torch.maximum(flat.amax(dim=1, keepdim=True), flat.amin(dim=1, keepdim=True).neg_())
@@ -97,7 +98,7 @@ def normalize_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def silu_mul_normalized(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gate, up (rows, K) fp32 → `normalize_rows(silu(gate) * up)`: a gated MLP's input of its down projection, in
     one pass where the compiled kernels run."""
-    if rows_cpu.takes(gate, up) and rows_cpu.load_kernel() is not None:
+    if rows_cpu.available(gate, up):
         return rows_cpu.silu_mul(gate, up, normalize=True)
     return normalize_rows(torch.nn.functional.silu(gate) * up)
 
@@ -107,7 +108,7 @@ def product(
 ) -> torch.Tensor:
     """(rows, K) rows from `normalize_rows` times the packed weight → (rows, N) fp32, scaled back per row, + bias."""
     out = torch.ops.quantized.linear_dynamic(normalized, packed, reduce_range())
-    if rows_cpu.takes(out) and rows_cpu.load_kernel() is not None:
+    if rows_cpu.available(out):
         return rows_cpu.scale_rows_(out, row_max, bias)
     return out.mul_(row_max) if bias is None else torch.addcmul(bias, out, row_max)
 

@@ -27,16 +27,11 @@ from . import native
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "linear_cpu.cpp"
 MAX_ROWS = 4  # activation rows per kernel call (kMaxRows in the source)
-_LIBRARY = "linear_cpu.so"
-_WHAT = "low-precision linear kernel"
 _WEIGHT_CODES = {torch.bfloat16: 1, torch.int8: 2}
 
 
 def _build() -> Callable[..., int]:
-    recipe = native.build_recipe(SOURCE, "linear_cpu", native.compiler())
-    lib = native.build_and_load(
-        recipe, _LIBRARY, _WHAT, lambda *args: native.compile_library(*args, _LIBRARY, _WHAT)
-    )
+    lib = native.build_library(SOURCE, "linear_cpu", "low-precision linear kernel")
     fn = lib.mvg_linear_lowp
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32]

@@ -117,10 +117,11 @@ class PrefillMLP(nn.Module):
     1024-256 rows). Decode steps use the projections as they are. The same numbers as the unfused layers up to silu's
     rounding."""
 
-    def __init__(self, gate_proj: LowPrecisionLinear, up_proj: LowPrecisionLinear, down_proj: LowPrecisionLinear) -> None:
+    def __init__(
+        self, gate_proj: LowPrecisionLinear, up_proj: LowPrecisionLinear, down_proj: LowPrecisionLinear
+    ) -> None:
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
-        self.intermediate = gate_proj.out_features
         self.gate_up = None
         int8 = gate_proj.packed is not None and up_proj.packed is not None and down_proj.packed is not None
         if int8 and gate_proj.bias is None and up_proj.bias is None:
@@ -132,10 +133,10 @@ class PrefillMLP(nn.Module):
         rows = x.numel() // x.shape[-1]
         if rows <= KERNEL_ROWS:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        width = self.intermediate
+        width = self.gate_proj.out_features
         if self.gate_up is None:
             gate, up = self.gate_proj(x).reshape(rows, width), self.up_proj(x).reshape(rows, width)
-            fused = rows_cpu.takes(gate, up) and rows_cpu.load_kernel() is not None
+            fused = rows_cpu.available(gate, up)
             act = rows_cpu.silu_mul(gate, up, normalize=False)[0] if fused else F.silu(gate) * up
             return self.down_proj(act).reshape(*x.shape[:-1], -1)
         gate_up = int8_matmul.linear(x.reshape(rows, x.shape[-1]), self.gate_up, 2 * width, None)

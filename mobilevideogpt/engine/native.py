@@ -277,6 +277,14 @@ def build_and_load(
         return ctypes.CDLL(str(build_dir / library))
 
 
+def build_library(source_path: Path, kernel: str, what: str) -> ctypes.CDLL:
+    """Build (if needed) and load the library ``<kernel>.so`` of one package source with the compiler found here:
+    ``build_recipe`` + ``build_and_load``, for a kernel module's ``LazyKernel`` build function."""
+    library = f"{kernel}.so"
+    recipe = build_recipe(source_path, kernel, compiler())
+    return build_and_load(recipe, library, what, lambda *args: compile_library(*args, library, what))
+
+
 class LazyKernel(Generic[K]):
     """One compiled library's entry points (what ``build`` returns), built and loaded on first use (once,
     thread-safe); ``load()`` is ``None`` where that is impossible or unsafe here, and ``error`` then says why."""

@@ -20,8 +20,6 @@ import torch
 from . import native
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rows_cpu.cpp"
-_LIBRARY = "rows_cpu.so"
-_WHAT = "int8 row kernels"
 
 _i64, _ptr_t, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
@@ -41,8 +39,7 @@ def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]
 
 
 def _build() -> Kernels:
-    recipe = native.build_recipe(SOURCE, "rows_cpu", native.compiler())
-    lib = native.build_and_load(recipe, _LIBRARY, _WHAT, lambda *args: native.compile_library(*args, _LIBRARY, _WHAT))
+    lib = native.build_library(SOURCE, "rows_cpu", "int8 row kernels")
     return Kernels(
         _function(lib, "mvg_rows_normalize", [_ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
         _function(lib, "mvg_silu_mul", [_ptr_t, _i64, _ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
@@ -68,6 +65,11 @@ def takes(*tensors: torch.Tensor) -> bool:
     return all(
         t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.stride(1) == 1 for t in tensors
     )
+
+
+def available(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels run here and can read these matrices (`takes`): where callers pick them over torch."""
+    return takes(*tensors) and load_kernel() is not None
 
 
 def _kernels() -> Kernels:

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -105,6 +106,16 @@ inline void value_kernel(const float* p, const float* v, int64_t v_stride, int64
   }
 }
 
+
+// Calls kernel(std::integral_constant<int, mr>) for mr in [1, kMr]: a micro-kernel's row count is a template
+// argument, so its accumulators stay in registers.
+template <int MR = kMr, typename Kernel>
+inline void by_rows(int mr, Kernel kernel) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return by_rows<MR - 1>(mr, kernel);
+  }
+  kernel(std::integral_constant<int, MR>{});
+}
 #endif
 
 // Scores of rows [r0, r0 + mr) against keys [j0, j0 + cols) of the packed tile kt (d, kKeys).
@@ -112,14 +123,7 @@ inline void score_tile(const float* q, int64_t d, const float* kt, int64_t j0, i
                        int64_t cols) {
 #if defined(MVG_ATTENTION_AVX2)
   if (cols == 16) {
-    switch (mr) {
-      case 6: return score_kernel<6>(q, d, kt, j0, r0, s);
-      case 5: return score_kernel<5>(q, d, kt, j0, r0, s);
-      case 4: return score_kernel<4>(q, d, kt, j0, r0, s);
-      case 3: return score_kernel<3>(q, d, kt, j0, r0, s);
-      case 2: return score_kernel<2>(q, d, kt, j0, r0, s);
-      default: return score_kernel<1>(q, d, kt, j0, r0, s);
-    }
+    return by_rows(mr, [&](auto rows) { score_kernel<decltype(rows)::value>(q, d, kt, j0, r0, s); });
   }
 #endif
   for (int r = 0; r < mr; ++r)
@@ -135,14 +139,7 @@ inline void value_tile(const float* p, const float* v, int64_t v_stride, int64_t
                        float* o, int64_t d) {
 #if defined(MVG_ATTENTION_AVX2)
   if (c0 + 16 <= d) {
-    switch (mr) {
-      case 6: return value_kernel<6>(p, v, v_stride, n, c0, r0, o, d);
-      case 5: return value_kernel<5>(p, v, v_stride, n, c0, r0, o, d);
-      case 4: return value_kernel<4>(p, v, v_stride, n, c0, r0, o, d);
-      case 3: return value_kernel<3>(p, v, v_stride, n, c0, r0, o, d);
-      case 2: return value_kernel<2>(p, v, v_stride, n, c0, r0, o, d);
-      default: return value_kernel<1>(p, v, v_stride, n, c0, r0, o, d);
-    }
+    return by_rows(mr, [&](auto rows) { value_kernel<decltype(rows)::value>(p, v, v_stride, n, c0, r0, o, d); });
   }
 #endif
   const int64_t c1 = std::min<int64_t>(c0 + 16, d);
