@@ -59,6 +59,43 @@ def test_scale_rows_rounds_once(rows_kernel, with_bias):
     assert torch.equal(out, expected)
 
 
+def torch_quick_gelu(v: torch.Tensor) -> torch.Tensor:
+    return v * torch.sigmoid(1.702 * v)  # transformers' QuickGELUActivation
+
+
+@pytest.mark.parametrize("rows, n", [(1, 1), (5, 8), (33, 250), (20, 3072)])
+def test_quick_gelu_matches_torch(rows_kernel, rows, n):
+    torch.manual_seed(n)
+    wide = torch.randn(rows, n + 3) * 8
+    wide[0, :3] = torch.tensor([-90.0, 60.0, 0.0])[:n]  # the exponential at both ends of float32's range
+    y = wide[:, 1 : 1 + n]  # a row stride larger than the row
+    expected = torch_quick_gelu(y)
+    out, none = rows_cpu.quick_gelu_(y.clone(), normalize=False)
+    assert none is None
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=1e-30)
+    out, row_max = rows_cpu.quick_gelu_(y.clone(), normalize=True)
+    ref_normalized, ref_max = torch_normalize(torch_quick_gelu(y))
+    torch.testing.assert_close(row_max, ref_max, rtol=2e-6, atol=0)
+    torch.testing.assert_close(out, ref_normalized, rtol=4e-6, atol=1e-7)
+    assert float(out.abs().amax(dim=1).max()) <= 1.0
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_quick_gelu_after_the_row_scale_is_the_scale_then_the_activation(rows_kernel, with_bias):
+    """The scale (+ bias) in front of the activation rounds as `scale_rows_` does: the result is quick_gelu of
+    exactly that, in place."""
+    torch.manual_seed(1)
+    y = torch.randn(40, 96)
+    row_max = torch.rand(40, 1) * 3
+    bias = torch.randn(96) if with_bias else None
+    scaled = rows_cpu.scale_rows_(y.clone(), row_max, bias)
+    inplace = y.clone()
+    out, out_max = rows_cpu.quick_gelu_(inplace, row_max, bias, normalize=True)
+    assert out.data_ptr() == inplace.data_ptr()
+    ref_normalized, ref_max = torch_normalize(rows_cpu.quick_gelu_(scaled, normalize=False)[0])
+    assert torch.equal(out_max, ref_max) and torch.equal(out, ref_normalized)
+
+
 def test_inputs_the_kernels_cannot_read_are_refused(rows_kernel):
     with pytest.raises(ValueError, match="unit stride"):
         rows_cpu.normalize_rows(torch.randn(8, 6).t())
@@ -66,6 +103,10 @@ def test_inputs_the_kernels_cannot_read_are_refused(rows_kernel):
         rows_cpu.silu_mul(torch.randn(4, 8), torch.randn(4, 9), normalize=True)
     with pytest.raises(ValueError, match="bias"):
         rows_cpu.scale_rows_(torch.randn(4, 8), torch.ones(4, 1), torch.ones(7))
+    with pytest.raises(ValueError, match="row_max"):
+        rows_cpu.quick_gelu_(torch.randn(4, 8), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="only together with a row scale"):
+        rows_cpu.quick_gelu_(torch.randn(4, 8), None, torch.ones(8))
     assert not rows_cpu.takes(torch.randn(4, 8, dtype=torch.bfloat16))
 
 

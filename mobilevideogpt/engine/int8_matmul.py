@@ -103,11 +103,17 @@ def silu_mul_normalized(gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Ten
     return normalize_rows(torch.nn.functional.silu(gate) * up)
 
 
+def unscaled_product(normalized: torch.Tensor, packed: torch.ScriptObject) -> torch.Tensor:
+    """(rows, K) rows from `normalize_rows` times the packed weight → (rows, N) fp32, not yet scaled back (`product`
+    does that, or a fused kernel together with what follows)."""
+    return torch.ops.quantized.linear_dynamic(normalized, packed, reduce_range())
+
+
 def product(
     normalized: torch.Tensor, row_max: torch.Tensor, packed: torch.ScriptObject, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """(rows, K) rows from `normalize_rows` times the packed weight → (rows, N) fp32, scaled back per row, + bias."""
-    out = torch.ops.quantized.linear_dynamic(normalized, packed, reduce_range())
+    out = unscaled_product(normalized, packed)
     if rows_cpu.available(out):
         return rows_cpu.scale_rows_(out, row_max, bias)
     return out.mul_(row_max) if bias is None else torch.addcmul(bias, out, row_max)

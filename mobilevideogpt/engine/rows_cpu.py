@@ -1,6 +1,6 @@
 """Compiled row-wise passes of the CPU's int8 x int8 prefills (``int8_matmul.py``): per-row normalisation of the
-activations, the row scale (+ bias) on the product, and the gated MLP's silu(gate) * up fused with the normalisation
-of its result.
+activations, the row scale (+ bias) on the product, the gated MLP's silu(gate) * up fused with the normalisation of
+its result, and CLIP's quick_gelu fused with the scale before it and the normalisation after it.
 
 ``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
 expressions in ``int8_matmul.py`` compute (the same divisions, products and sums; silu's exponential within ~1 ulp),
@@ -30,6 +30,7 @@ class Kernels(NamedTuple):
     normalize: Callable[..., int]
     silu_mul: Callable[..., int]
     scale_add: Callable[..., int]
+    quick_gelu: Callable[..., int]
 
 
 def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]:
@@ -44,6 +45,7 @@ def _build() -> Kernels:
         _function(lib, "mvg_rows_normalize", [_ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
         _function(lib, "mvg_silu_mul", [_ptr_t, _i64, _ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
         _function(lib, "mvg_rows_scale_add", [_ptr_t, _i64, _i64, _i64, _ptr_t, _ptr_t, _int]),
+        _function(lib, "mvg_quick_gelu", [_ptr_t, _i64, _i64, _i64, _ptr_t, _ptr_t, _ptr_t, _int]),
     )
 
 
@@ -111,13 +113,39 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, normalize: bool) -> tuple[tor
     return out, row_max
 
 
-def scale_rows_(y: torch.Tensor, row_max: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """In place: y (rows, n) = y * row_max (rows, 1), plus bias (n,) if given (fp32, contiguous); returns y."""
-    if not takes(y) or row_max.dtype != torch.float32 or not row_max.is_contiguous() or row_max.numel() != y.shape[0]:
-        raise ValueError(f"y {y.dtype} {tuple(y.shape)} / row_max {tuple(row_max.shape)} do not fit the kernel")
+def _check_scale(y: torch.Tensor, row_max: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+    if not takes(y):
+        raise ValueError(f"y must be an fp32 CPU matrix with unit stride along its rows, got {y.dtype} {tuple(y.stride())}")
+    if row_max is not None and (
+        row_max.dtype != torch.float32 or not row_max.is_contiguous() or row_max.numel() != y.shape[0]
+    ):
+        raise ValueError(f"y {tuple(y.shape)} / row_max {row_max.dtype} {tuple(row_max.shape)} do not fit the kernel")
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous() or bias.numel() != y.shape[1]):
         raise ValueError(f"bias must be fp32 contiguous ({y.shape[1]},), got {bias.dtype} {tuple(bias.shape)}")
+
+
+def scale_rows_(y: torch.Tensor, row_max: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """In place: y (rows, n) = y * row_max (rows, 1), plus bias (n,) if given (fp32, contiguous); returns y."""
+    _check_scale(y, row_max, bias)
     rc = _kernels().scale_add(y.data_ptr(), y.shape[0], y.shape[1], y.stride(0), row_max.data_ptr(),
                               None if bias is None else bias.data_ptr(), torch.get_num_threads())  # fmt: skip
     _check(rc, "row scale")
     return y
+
+
+def quick_gelu_(
+    y: torch.Tensor, row_max: torch.Tensor | None = None, bias: torch.Tensor | None = None, normalize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """In place: y (rows, n) = quick_gelu(y * row_max + bias) (`scale_rows_`'s scale first when row_max is given;
+    quick_gelu(v) = v * sigmoid(1.702 v)); with `normalize` each row is then divided by its largest |value| and those
+    (rows, 1) maxima are returned beside y (as `normalize_rows`); else (y, None)."""
+    _check_scale(y, row_max, bias)
+    if bias is not None and row_max is None:
+        raise ValueError("quick_gelu_ adds a bias only together with a row scale")
+    rows, n = y.shape
+    out_max = torch.empty(rows, 1, dtype=torch.float32) if normalize else None
+    rc = _kernels().quick_gelu(y.data_ptr(), rows, n, y.stride(0), None if row_max is None else row_max.data_ptr(),
+                               None if bias is None else bias.data_ptr(),
+                               None if out_max is None else out_max.data_ptr(), torch.get_num_threads())  # fmt: skip
+    _check(rc, "quick_gelu")
+    return y, out_max

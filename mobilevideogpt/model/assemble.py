@@ -247,8 +247,10 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     `plan.int8_matmul` the towers' linear layers become int8 x int8 (`int8_matmul.int8_linears`; the projectors
     and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
     int8. On the CPU the decode-step attention runs packed (`decoding.use_packed_attention`; same results, less
-    time), and large freed blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
+    time), CLIP's layers compute q, k and v in one product and quick_gelu in one compiled pass
+    (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
     """
+    from ..engine.clip_cpu import fuse_clip_layers
     from ..engine.decoding import use_packed_attention
     from ..engine.int8_matmul import int8_linears
     from ..engine.lowp import pack_language_model
@@ -265,6 +267,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
                 parameter.data = parameter.data.to(plan.llm_dtype)
     for module in vision:
         module.to(dtype=plan.encoder_dtype)
+        if plan.device.type == "cpu":
+            fuse_clip_layers(module)
     if plan.int8_matmul:
         for tower in vision_modules(model, TOWERS):
             int8_linears(tower, WEIGHTS_READ_DIRECTLY)

@@ -97,6 +97,36 @@ void silu_mul_row(const float* g, const float* u, int64_t k, float* out) {
   for (; j < k; ++j) out[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
 }
 
+// quick_gelu(v) = v * sigmoid(1.702 v) with sigmoid(t) = 1 / (1 + e^-t): the order torch rounds in (CLIP's MLP).
+void quick_gelu_row(float* v, int64_t k) {
+  int64_t j = 0;
+#if defined(MVG_ROWS_AVX2)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 minus_slope = _mm256_set1_ps(-1.702f);
+  for (; j + 8 <= k; j += 8) {
+    const __m256 x = _mm256_loadu_ps(v + j);
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(x, minus_slope))));
+    _mm256_storeu_ps(v + j, _mm256_mul_ps(x, s));
+  }
+#endif
+  for (; j < k; ++j) v[j] = v[j] * (1.0f / (1.0f + std::exp(-(1.702f * v[j]))));
+}
+
+// y = y * m (+ bias) in one rounding (a fused multiply-add, as torch.addcmul); no bias: y * m.
+void scale_row(float* y, float m, const float* bias, int64_t n) {
+  int64_t j = 0;
+#if defined(MVG_ROWS_AVX2)
+  const __m256 vm = _mm256_set1_ps(m);
+  if (bias != nullptr) {
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(_mm256_loadu_ps(y + j), vm, _mm256_loadu_ps(bias + j)));
+  } else {
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), vm));
+  }
+#endif
+  for (; j < n; ++j) y[j] = bias != nullptr ? std::fma(y[j], m, bias[j]) : y[j] * m;
+}
+
 }  // namespace
 
 // x (rows, k) fp32 with row stride x_stride → out (rows, k), row stride out_stride: each row divided by its largest
@@ -139,20 +169,27 @@ extern "C" int mvg_rows_scale_add(float* y, int64_t rows, int64_t n, int64_t y_s
                                   const float* bias, int num_threads) {
   if (rows < 0 || n < 1 || y_stride < n) return 1;
   run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) scale_row(y + r * y_stride, row_max[r], bias, n);
+  });
+  return 0;
+}
+
+// In place, y (rows, n) with row stride y_stride: y[r] = quick_gelu(y[r] * row_max[r] (+ bias)), the scale and bias
+// as mvg_rows_scale_add (row_max null: no scale and no bias). With out_max non-null each row is then divided by its
+// largest magnitude, stored in out_max, as mvg_rows_normalize does (the input of the next int8 product). Returns 0,
+// or 1 on bad sizes.
+extern "C" int mvg_quick_gelu(float* y, int64_t rows, int64_t n, int64_t y_stride, const float* row_max,
+                              const float* bias, float* out_max, int num_threads) {
+  if (rows < 0 || n < 1 || y_stride < n || (row_max == nullptr && bias != nullptr)) return 1;
+  run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* row = y + r * y_stride;
-      const float m = row_max[r];
-      int64_t j = 0;
-#if defined(MVG_ROWS_AVX2)
-      const __m256 vm = _mm256_set1_ps(m);
-      if (bias != nullptr) {
-        for (; j + 8 <= n; j += 8)
-          _mm256_storeu_ps(row + j, _mm256_fmadd_ps(_mm256_loadu_ps(row + j), vm, _mm256_loadu_ps(bias + j)));
-      } else {
-        for (; j + 8 <= n; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), vm));
+      if (row_max != nullptr) scale_row(row, row_max[r], bias, n);
+      quick_gelu_row(row, n);
+      if (out_max != nullptr) {
+        out_max[r] = row_max_abs(row, n);
+        divide_row(row, out_max[r], n, row);
       }
-#endif
-      for (; j < n; ++j) row[j] = bias != nullptr ? std::fma(row[j], m, bias[j]) : row[j] * m;
     }
   });
   return 0;
