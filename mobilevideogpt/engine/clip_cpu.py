@@ -2,13 +2,13 @@
 quick_gelu compiled (`rows_cpu.quick_gelu_`).
 
 - `MergedQKVAttention`: q, k and v come from one (tokens x 3·768) product instead of three (tokens x 768) ones, which
-  run slower per output on these thin shapes (16 frames, one layer, 2 cores of an AVX2 EPYC: 167 → 137 ms at fp32,
-  117 → 89 ms int8 x int8). q_proj / k_proj / v_proj stay (what reads them, e.g. the [CLS] scores of a visual-token
+  run slower per output on these thin shapes (16 frames, one layer, 2 cores of an AVX2 EPYC: 75 → 71 ms at fp32,
+  57 → 52 ms int8 x int8). q_proj / k_proj / v_proj stay (what reads them, e.g. the [CLS] scores of a visual-token
   budget, still works); at fp32 their weights are views of the merged one, so no memory is added.
 - `QuickGeluMLP`: transformers computes quick_gelu(v) = v * sigmoid(1.702 v) in three passes over (tokens x 3072)
   matrices, each into a new 39 MB tensor for 16 frames; here it is one pass in place. With int8 x int8 layers
   (`--quantize w8a8`) that pass also scales fc1's product back per row, adds fc1's bias and normalises the rows for
-  fc2's int8 product, which the unfused layers do in three more passes.
+  fc2's int8 product, which the unfused layers do in three more passes (one MLP: 156 → 145 ms on those cores).
 
 The same numbers as the stock layers up to rounding: the merged product may sum in another order, and the
 exponential is within ~1 ulp of torch's. Inference only: with gradients (or, for the MLP, on other dtypes or where
@@ -58,7 +58,7 @@ def merge_qkv(attention: CLIPAttention) -> MergedQKVAttention:
     projections = attention.q_proj, attention.k_proj, attention.v_proj
     weight = torch.cat([p.weight.detach() for p in projections])
     bias = torch.cat([p.bias.detach() for p in projections])
-    qkv = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    qkv = nn.Linear(weight.shape[1], weight.shape[0], device="meta")  # no initialisation: its weights come next
     qkv.weight, qkv.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
     for index, projection in enumerate(projections):
         rows = slice(index * attention.embed_dim, (index + 1) * attention.embed_dim)

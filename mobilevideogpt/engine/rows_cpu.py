@@ -3,8 +3,8 @@ activations, the row scale (+ bias) on the product, the gated MLP's silu(gate) *
 its result, and CLIP's quick_gelu fused with the scale before it and the normalisation after it.
 
 ``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
-expressions in ``int8_matmul.py`` compute (the same divisions, products and sums; silu's exponential within ~1 ulp),
-in one or two passes over each row instead of up to five. ``load_kernel()`` returns ``None`` where the library cannot
+expressions in ``int8_matmul.py`` and transformers' activations compute (the same divisions, products and sums; the
+exponential of silu and quick_gelu within ~1 ulp), in one or two passes over each row instead of up to five. ``load_kernel()`` returns ``None`` where the library cannot
 be built or safely loaded here (the reason is in ``build_error()``); the callers then use those PyTorch expressions.
 All tensors are fp32 on the CPU with unit stride along a row.
 """

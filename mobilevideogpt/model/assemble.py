@@ -248,7 +248,8 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
     int8. On the CPU the decode-step attention runs packed (`decoding.use_packed_attention`; same results, less
     time), CLIP's layers compute q, k and v in one product and quick_gelu in one compiled pass
-    (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C heap for reuse (`runtime.reuse_freed_memory`).
+    (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C heap for reuse
+    (`runtime.reuse_freed_memory`).
     """
     from ..engine.clip_cpu import fuse_clip_layers
     from ..engine.decoding import use_packed_attention
