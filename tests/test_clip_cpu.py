@@ -30,19 +30,20 @@ def stock_mlp(hidden: int = 48, intermediate: int = 200, act: str = "quick_gelu"
     return mlp
 
 
-def fused(mlp: nn.Module) -> nn.Module:
+def fused_copy(module: nn.Module, kind: type = QuickGeluMLP) -> nn.Module:
+    """A copy of `module` as `fuse_clip_layers` leaves it: a `kind` in its place."""
     holder = nn.Module()
-    holder.mlp = copy.deepcopy(mlp)
+    holder.child = copy.deepcopy(module)
     assert fuse_clip_layers(holder) == 1
-    assert isinstance(holder.mlp, QuickGeluMLP)
-    return holder.mlp
+    assert isinstance(holder.child, kind)
+    return holder.child
 
 
 def test_fp32_matches_the_stock_mlp(rows_kernel):
     mlp = stock_mlp()
     x = torch.randn(3, 17, 48) * 2
     with torch.inference_mode():
-        torch.testing.assert_close(fused(mlp)(x), mlp(x), rtol=2e-6, atol=2e-6)
+        torch.testing.assert_close(fused_copy(mlp)(x), mlp(x), rtol=2e-6, atol=2e-6)
 
 
 @needs_fbgemm
@@ -52,7 +53,7 @@ def test_int8_matches_the_stock_int8_layers(rows_kernel):
     mlp = stock_mlp(intermediate=256)
     quantized = copy.deepcopy(mlp)
     assert int8_matmul.int8_linears(quantized) == 2
-    module = fused(mlp)
+    module = fused_copy(mlp)
     assert int8_matmul.int8_linears(module) == 2 and module.int8  # the placement's order: fuse, then quantize
     x = torch.randn(2, 50, 48)
     with torch.inference_mode():
@@ -64,14 +65,14 @@ def test_int8_matches_the_stock_int8_layers(rows_kernel):
 
 def test_the_stock_expression_runs_with_gradients_other_dtypes_and_no_library(rows_kernel, monkeypatch):
     mlp = stock_mlp()
-    module = fused(mlp)
+    module = fused_copy(mlp)
     x = torch.randn(2, 9, 48, requires_grad=True)
     out = module(x)
     out.sum().backward()  # the compiled pass has no backward: training runs the stock one
     torch.testing.assert_close(out, mlp(x), rtol=0, atol=0)
     assert x.grad is not None and module.fc1.weight.grad is not None
 
-    bf16 = fused(mlp.to(torch.bfloat16))
+    bf16 = fused_copy(mlp.to(torch.bfloat16))
     with torch.inference_mode():
         xb = x.detach().to(torch.bfloat16)
         assert torch.equal(bf16(xb), mlp(xb))
@@ -81,7 +82,7 @@ def test_the_stock_expression_runs_with_gradients_other_dtypes_and_no_library(ro
     monkeypatch.setattr(rows_cpu, "load_kernel", lambda: None)
     mlp32 = stock_mlp()
     with torch.inference_mode():
-        assert torch.equal(fused(mlp32)(x.detach()), mlp32(x.detach()))
+        assert torch.equal(fused_copy(mlp32)(x.detach()), mlp32(x.detach()))
     assert not calls
 
 
@@ -106,17 +107,9 @@ def stock_attention(seed: int = 0) -> CLIPAttention:
     return attention
 
 
-def merged(attention: CLIPAttention) -> MergedQKVAttention:
-    holder = nn.Module()
-    holder.attn = copy.deepcopy(attention)
-    assert fuse_clip_layers(holder) == 1
-    assert isinstance(holder.attn, MergedQKVAttention)
-    return holder.attn
-
-
 def test_merged_qkv_matches_the_stock_attention_and_shares_its_weights():
     attention = stock_attention()
-    module = merged(attention)
+    module = fused_copy(attention, MergedQKVAttention)
     assert module.q_proj.weight.data_ptr() == module.qkv.weight.data_ptr()  # views: no second copy
     assert module.v_proj.bias.data_ptr() == module.qkv.bias[2 * 64 :].data_ptr()
     x = torch.randn(3, 20, 64)
@@ -135,7 +128,7 @@ def test_merged_qkv_under_int8_is_the_three_int8_projections(rows_kernel):
     attention = stock_attention(seed=1)
     quantized = copy.deepcopy(attention)
     int8_matmul.int8_linears(quantized)
-    module = merged(attention)
+    module = fused_copy(attention, MergedQKVAttention)
     assert int8_matmul.int8_linears(module) == 5  # q, k, v, out and the merged one
     x = torch.randn(2, 30, 64)
     with torch.inference_mode():

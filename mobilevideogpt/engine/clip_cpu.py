@@ -81,15 +81,11 @@ class QuickGeluMLP(nn.Module):
     def int8(self) -> bool:
         return isinstance(self.fc1, Int8Linear) and isinstance(self.fc2, Int8Linear)
 
-    def _compiled(self, x: torch.Tensor) -> bool:
-        if _needs_grad(self, x) or any(p.dtype != torch.float32 for p in self.parameters()):
-            return False
-        return x.dtype == torch.float32 and x.device.type == "cpu" and rows_cpu.load_kernel() is not None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._compiled(x):
-            return self.fc2(self.activation_fn(self.fc1(x)))
         flat = x.reshape(-1, x.shape[-1])
+        fp32 = all(p.dtype == torch.float32 for p in self.parameters())
+        if _needs_grad(self, x) or not fp32 or not rows_cpu.available(flat):
+            return self.fc2(self.activation_fn(self.fc1(x)))
         if self.int8:
             normalized, row_max = int8_matmul.normalize_rows(flat)
             hidden = int8_matmul.unscaled_product(normalized, self.fc1.packed)
