@@ -70,7 +70,8 @@ class _Module:
     num_key_value_groups = 2
 
 
-def test_the_attention_function_uses_the_kernel_only_for_an_unmasked_prompt_without_gradient(attention_kernel):
+@pytest.mark.parametrize("fastest", [True, False])
+def test_the_attention_function_uses_the_kernel_only_for_an_unmasked_prompt_without_gradient(attention_kernel, fastest):
     torch.manual_seed(0)
     query, key, value = torch.randn(1, 4, 12, 16), torch.randn(1, 2, 12, 16), torch.randn(1, 2, 12, 16)
     expected = reference(query, key, value, 0.25)
@@ -83,13 +84,33 @@ def test_the_attention_function_uses_the_kernel_only_for_an_unmasked_prompt_with
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention_cpu, "causal_attention", counting)
+        patch.setattr(decoding, "compiled_attention_fastest", lambda: fastest)  # AVX2 or not
         with torch.no_grad():
             out, _ = decoding.packed_sdpa_attention(_Module(), query, key, value, None, scaling=0.25)
             torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
-            assert len(calls) == 1
+            assert len(calls) == int(fastest)  # elsewhere torch's SDPA, the same numbers
             mask = torch.ones(1, 1, 12, 12, dtype=torch.bool).tril()
             masked, _ = decoding.packed_sdpa_attention(_Module(), query, key, value, mask, scaling=0.25)
             torch.testing.assert_close(masked, expected, rtol=2e-5, atol=2e-5)
         grad, _ = decoding.packed_sdpa_attention(_Module(), query.requires_grad_(), key, value, None, scaling=0.25)
         assert grad.requires_grad
-        assert len(calls) == 1  # a mask or a gradient: torch's SDPA
+        assert len(calls) == int(fastest)  # a mask or a gradient: torch's SDPA
+
+
+def test_the_kernel_is_chosen_where_torch_runs_avx2():
+    features = decoding.cpu_features()
+    assert decoding.compiled_attention_fastest() == (features.isa == "AVX2")
+
+
+def test_a_bf16_prefill_attends_in_bf16_and_returns_fp32():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(1, 14, 40, 64), torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
+    module = _Module()
+    module.num_key_value_groups = 7
+    setattr(module, decoding.PREFILL_DTYPE, torch.bfloat16)
+    with torch.no_grad():
+        out, _ = decoding.packed_sdpa_attention(module, query, key, value, None, scaling=0.125)
+    assert out.dtype == torch.float32 and out.shape == (1, 40, 14, 64) and out.is_contiguous()
+    in_bf16 = reference(query.bfloat16().float(), key.bfloat16().float(), value.bfloat16().float(), 0.125)
+    torch.testing.assert_close(out, in_bf16, rtol=0, atol=0.02)  # bf16 rounding of the softmax and the output
+    assert not torch.allclose(out, reference(query, key, value, 0.125), rtol=0, atol=1e-4)  # it did round

@@ -8,7 +8,14 @@ import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from mobilevideogpt.engine.decoding import ATTENTION, GrowingLayer, new_cache, packed_sdpa_attention, use_packed_attention
+from mobilevideogpt.engine.decoding import (
+    ATTENTION,
+    PREFILL_DTYPE,
+    GrowingLayer,
+    new_cache,
+    packed_sdpa_attention,
+    use_packed_attention,
+)
 
 
 def small_qwen2() -> Qwen2ForCausalLM:
@@ -74,3 +81,16 @@ def test_packed_attention_equals_sdpa_for_one_query():
         packed_sdpa_attention(Module(), many, key, value, None, scaling=0.25)[0],
         sdpa_attention_forward(Module(), many, key, value, None, scaling=0.25)[0],
     )
+
+
+def test_a_bf16_prefill_dtype_makes_the_first_prefill_attend_in_bf16():
+    model = small_qwen2()
+    fast = copy.deepcopy(model)
+    use_packed_attention(fast, torch.bfloat16)
+    assert all(getattr(layer.self_attn, PREFILL_DTYPE) == torch.bfloat16 for layer in fast.model.layers)
+    ids = torch.randint(0, 300, (1, 90), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stock, ours = model(ids).logits, fast(ids).logits
+    assert ours.dtype == torch.float32
+    assert not torch.equal(stock, ours)  # the attention rounded to bf16 ...
+    torch.testing.assert_close(ours, stock, rtol=0, atol=0.02)  # ... and nothing else changed

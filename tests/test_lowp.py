@@ -123,6 +123,36 @@ def test_prefill_mlp_computes_the_unfused_layers(linear_kernel, fmt, int8_prefil
         assert torch.equal(fused(x[:, :2]), decode_expected)  # decode rows: the kernel path, unchanged
 
 
+def test_a_bf16_prefill_mlp_stays_in_bf16_from_gate_and_up_to_down():
+    """Products in bf16 (CPUs with bf16 matrix units): the numbers of the MLP computed in bf16 as a bf16 model does,
+    and no fp32 copy of gate's, up's or their product's (rows x intermediate) matrices (they cost more than the
+    products)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    mlp, _ = _mlp_and_layers("bf16", False)
+    gate, up, down = (LowPrecisionLinear.from_linear(m, "bf16", torch.bfloat16) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    fused = PrefillMLP(gate, up, down)
+    x = torch.randn(1, 45, 48)
+    wide = []
+
+    class Outputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.shape[-1] == 136:
+                wide.append(out.dtype)
+            return out
+
+    with torch.inference_mode():
+        xb = x.bfloat16()
+        expected = F.linear(F.silu(F.linear(xb, gate.weight)) * F.linear(xb, up.weight), down.weight).float()
+        with Outputs():
+            out = fused(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.equal(out, expected)
+    assert wide and set(wide) == {torch.bfloat16}
+
+
 @pytest.mark.skipif(int8_matmul.problem() is not None, reason=f"no fbgemm here: {int8_matmul.problem()}")
 def test_packing_puts_every_mlp_in_one_module(linear_kernel):
     w8a8 = pack_language_model(build_tiny_model(seed=0), "int8", int8_prefill=True)

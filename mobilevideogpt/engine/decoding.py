@@ -10,9 +10,11 @@ transformers path grow with it, measured on 2 shared cores (full-size Qwen2.5-0.
   the 7 query heads that share a key/value head are stacked as 7 queries of one head (the "packed" layout that
   transformers itself uses when a mask is present). `ATTENTION` names that implementation.
 
-A prompt's first prefill (no cached prefix, no mask) on the CPU runs the compiled causal attention instead
-(`attention_cpu`: flash attention with the grouped heads packed, written in the layout the output projection reads):
-at 2500 positions, 14 query and 2 key/value heads, 87 ms a layer against SDPA's 97 on 2 cores of an AVX2 EPYC.
+A prompt's first prefill (no cached prefix, no mask) on the CPU attends in the dtype of the prefill's products: in
+bf16 where those run in bf16 (torch's SDPA; 24 ms a layer against 62 at fp32 on 2 cores of a Xeon with AMX), at fp32
+by the compiled causal attention where it is the fastest (`attention_cpu`: flash attention with the grouped heads
+packed, written in the layout the output projection reads; at 2500 positions, 14 query and 2 key/value heads, 87 ms
+a layer against SDPA's 97 on 2 cores of an AVX2 EPYC).
 
 `new_cache(config)` builds the cache; `use_packed_attention(model)` switches a model to the attention function.
 Both give the same results as the stock path (up to summation order).
@@ -27,9 +29,11 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ..runtime import cpu_features
 from . import attention_cpu
 
 ATTENTION = "mvgpt_sdpa"
+PREFILL_DTYPE = "prefill_attention_dtype"  # set on a decoder layer's attention by `use_packed_attention`
 GROWTH = 1.25  # buffer capacity over the length it must hold (plus HEADROOM): growth is rare and cheap
 HEADROOM = 64
 
@@ -115,10 +119,15 @@ def new_cache(config) -> DynamicCache:
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' SDPA attention, except that one unmasked query with grouped key/value heads runs packed, and a
-    CPU prompt's causal self-attention (no cached prefix, no mask) runs the compiled kernel (`attention_cpu`)."""
-    if _compiled_prefill(module, query, key, value, attention_mask, dropout, kwargs):
+    CPU prompt's causal self-attention (no cached prefix, no mask, no gradient) runs in the dtype of the prefill's
+    products (`use_packed_attention`), at fp32 by the compiled kernel (`attention_cpu`) where it is the fastest."""
+    if _first_prefill(module, query, key, attention_mask, dropout, kwargs):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return attention_cpu.causal_attention(query, key, value, scale), None
+        dtype = getattr(module, PREFILL_DTYPE, query.dtype)
+        if dtype != query.dtype:
+            return _causal_sdpa(query, key, value, scale, dtype), None
+        if compiled_attention_fastest() and attention_cpu.takes(query, key, value) and attention_cpu.load_kernel():
+            return attention_cpu.causal_attention(query, key, value, scale), None
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] == 1 and attention_mask is None and groups > 1 and not kwargs.get("output_attentions"):
         batch, heads, _, dim = query.shape
@@ -128,27 +137,50 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-def _compiled_prefill(module, query, key, value, attention_mask, dropout, kwargs) -> bool:
-    """A causal self-attention over the whole prompt that the compiled kernel computes: several queries at the keys'
-    positions, no mask (transformers passes none for an unpadded causal prompt), fp32 on the CPU, no gradient."""
+def _first_prefill(module, query, key, attention_mask, dropout, kwargs) -> bool:
+    """A causal self-attention over a whole prompt on the CPU: several queries at the keys' positions (no cached
+    prefix), no mask (transformers passes none for an unpadded causal prompt), no gradient."""
     return (
-        query.shape[2] > 1
+        query.device.type == "cpu"
+        and query.shape[2] > 1
+        and query.shape[2] == key.shape[2]
         and attention_mask is None
         and getattr(module, "is_causal", True)
         and not dropout
         and kwargs.get("sliding_window") is None
         and not kwargs.get("output_attentions")
         and not torch.is_grad_enabled()
-        and attention_cpu.takes(query, key, value)
-        and attention_cpu.load_kernel() is not None
     )
+
+
+def compiled_attention_fastest() -> bool:
+    """Whether the compiled kernel (8-lane AVX2 code) beats torch's SDPA at fp32 here: where torch runs AVX2 too.
+    Per layer at ~2.45 k positions, 14 query and 2 key/value heads, on 2 cores: 87 against SDPA's 97 ms on an AVX2
+    EPYC; on a Xeon with AVX512 (and AMX), SDPA 62 against the kernel's 85 ms."""
+    return cpu_features().isa == "AVX2"
+
+
+def _causal_sdpa(query, key, value, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """torch's causal SDPA computed in `dtype` → (B, T, Hq, D) in query's dtype, the layout the output projection
+    reads. In bf16 on a Xeon with AMX (2432 positions, 2 cores): 24 ms a layer with the casts, 62 ms at fp32."""
+    groups = query.shape[1] // key.shape[1]
+    out = F.scaled_dot_product_attention(
+        query.to(dtype), key.to(dtype), value.to(dtype), is_causal=True, scale=scale, enable_gqa=groups > 1
+    )
+    return out.transpose(1, 2).to(query.dtype, memory_format=torch.contiguous_format)
 
 
 AttentionInterface.register(ATTENTION, packed_sdpa_attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-def use_packed_attention(model) -> None:
-    """Switch a transformers model that uses SDPA attention to `packed_sdpa_attention` (other choices are kept)."""
-    if model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(ATTENTION)
+def use_packed_attention(model, prefill_dtype: torch.dtype | None = None) -> None:
+    """Switch a transformers model that uses SDPA attention to `packed_sdpa_attention` (other choices are kept).
+    With `prefill_dtype` a prompt's first prefill attends in that dtype (its products' dtype, e.g. bf16 on CPUs with
+    bf16 matrix units, while the hidden states stay fp32)."""
+    if model.config._attn_implementation != "sdpa":
+        return
+    model.set_attn_implementation(ATTENTION)
+    if prefill_dtype is not None:
+        for layer in model.model.layers:
+            setattr(layer.self_attn, PREFILL_DTYPE, prefill_dtype)

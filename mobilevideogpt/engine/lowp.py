@@ -96,9 +96,13 @@ class LowPrecisionLinear(nn.Module):
             return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
         if self.packed is not None:
             return int8_matmul.linear(x, self.packed, self.out_features, self.bias).to(x.dtype)
+        return self.product(x).to(x.dtype)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """A prefill's x · Wᵀ + b by torch's matrix multiply, in `matmul_dtype` (x converted to it unless it is)."""
         dtype = self.matmul_dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), widen(self.weight, self.scale, dtype), bias).to(x.dtype)
+        return F.linear(x.to(dtype), widen(self.weight, self.scale, dtype), bias)
 
     def extra_repr(self) -> str:
         fmt = "int8" if self.scale is not None else str(self.weight.dtype).removeprefix("torch.")
@@ -114,8 +118,8 @@ class PrefillMLP(nn.Module):
     input, one fbgemm call) and silu(gate) * up is fused with the normalisation of down's input
     (`int8_matmul.silu_mul_normalized`). All prompt rows go in one call: fbgemm runs fastest on tall inputs (measured
     on 2 cores of an AVX2 EPYC at 2500 rows, a full-size MLP took 286 ms in one block, 302-328 ms in blocks of
-    1024-256 rows). Decode steps use the projections as they are. The same numbers as the unfused layers up to silu's
-    rounding."""
+    1024-256 rows). Decode steps use the projections as they are. The same numbers as the unfused layers up to
+    silu's rounding."""
 
     def __init__(
         self, gate_proj: LowPrecisionLinear, up_proj: LowPrecisionLinear, down_proj: LowPrecisionLinear
@@ -135,14 +139,24 @@ class PrefillMLP(nn.Module):
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         width = self.gate_proj.out_features
         if self.gate_up is None:
-            gate, up = self.gate_proj(x).reshape(rows, width), self.up_proj(x).reshape(rows, width)
-            fused = rows_cpu.available(gate, up)
-            act = rows_cpu.silu_mul(gate, up, normalize=False)[0] if fused else F.silu(gate) * up
-            return self.down_proj(act).reshape(*x.shape[:-1], -1)
+            return self._widened(x.reshape(rows, x.shape[-1])).reshape(*x.shape[:-1], -1).to(x.dtype)
         gate_up = int8_matmul.linear(x.reshape(rows, x.shape[-1]), self.gate_up, 2 * width, None)
         act = int8_matmul.silu_mul_normalized(gate_up[:, :width], gate_up[:, width:])
         out = int8_matmul.product(*act, self.down_proj.packed, self.down_proj.bias)
         return out.reshape(*x.shape[:-1], out.shape[-1]).to(x.dtype)
+
+    def _widened(self, x: torch.Tensor) -> torch.Tensor:
+        """A prefill of weights widened for torch's matrix multiply, x (rows, hidden) → down's output in the products'
+        dtype. Where they run in bf16 it stays bf16 from gate and up to down: no fp32 copies of (rows x 4864)
+        products (on 2 cores of a Xeon with AMX, converting gate's and up's products to fp32 took longer than
+        computing them)."""
+        x = x.to(self.gate_proj.matmul_dtype)
+        gate, up = self.gate_proj.product(x), self.up_proj.product(x)
+        if rows_cpu.available(gate, up):
+            act = rows_cpu.silu_mul(gate, up, normalize=False)[0]
+        else:  # bf16 (torch's AVX512 silu ran as fast as a compiled pass here), or no compiled kernel
+            act = F.silu(gate, inplace=True).mul_(up)
+        return self.down_proj.product(act)
 
 
 def is_gated_silu_mlp(module: nn.Module) -> bool:
