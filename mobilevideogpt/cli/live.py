@@ -82,10 +82,10 @@ def _clock(seconds: float) -> str:
 
 def _keep_up_hints(chat) -> list[str]:
     """What would let a session that is slower than real time keep up, beyond a longer stride."""
+    import torch
+
     from ..errors import ModelLoadError
     from ..runtime import plan_inference
-
-    import torch
 
     hints = []
     plan = chat.plan

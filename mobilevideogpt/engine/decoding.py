@@ -17,7 +17,8 @@ packed, written in the layout the output projection reads; at 2500 positions, 14
 a layer against SDPA's 97 on 2 cores of an AVX2 EPYC).
 
 `new_cache(config)` builds the cache; `use_packed_attention(model)` switches a model to the attention function.
-Both give the same results as the stock path (up to summation order).
+Both give the same results as the stock path (up to summation order; a bf16 prefill dtype rounds the first
+prefill's attention to bf16).
 """
 
 from __future__ import annotations
