@@ -164,6 +164,12 @@ class InferencePlan:
     prefill_dtype: torch.dtype = torch.float32
     int8_matmul: bool = False
 
+    @property
+    def llm_matmul_dtype(self) -> torch.dtype:
+        """The dtype the language model's prefill products run in: `prefill_dtype` where its weights are packed,
+        else its own dtype (an unpacked LLM multiplies in the dtype it is stored in)."""
+        return self.prefill_dtype if self.llm_weights else self.llm_dtype
+
     def describe(self) -> str:
         if self.llm_weights is None and self.encoder_dtype == self.llm_dtype:
             return f"{self.device} ({dtype_name(self.llm_dtype)})"

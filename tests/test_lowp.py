@@ -131,7 +131,9 @@ def test_a_bf16_prefill_mlp_stays_in_bf16_from_gate_and_up_to_down():
 
     torch.manual_seed(0)
     mlp, _ = _mlp_and_layers("bf16", False)
-    gate, up, down = (LowPrecisionLinear.from_linear(m, "bf16", torch.bfloat16) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    gate, up, down = (
+        LowPrecisionLinear.from_linear(m, "bf16", torch.bfloat16) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    )
     fused = PrefillMLP(gate, up, down)
     x = torch.randn(1, 45, 48)
     wide = []

@@ -4,8 +4,9 @@ its result, and CLIP's quick_gelu fused with the scale before it and the normali
 
 ``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
 expressions in ``int8_matmul.py`` and transformers' activations compute (the same divisions, products and sums; the
-exponential of silu and quick_gelu within ~1 ulp), in one or two passes over each row instead of up to five. ``load_kernel()`` returns ``None`` where the library cannot
-be built or safely loaded here (the reason is in ``build_error()``); the callers then use those PyTorch expressions.
+exponential of silu and quick_gelu within ~1 ulp), in one or two passes over each row instead of up to five.
+``load_kernel()`` returns ``None`` where the library cannot be built or safely loaded here (the reason is in
+``build_error()``); the callers then use those PyTorch expressions.
 All tensors are fp32 on the CPU with unit stride along a row.
 """
 

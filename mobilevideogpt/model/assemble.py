@@ -247,9 +247,9 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     `plan.int8_matmul` the towers' linear layers become int8 x int8 (`int8_matmul.int8_linears`; the projectors
     and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
     int8. On the CPU the decode-step attention runs packed and a prompt's first prefill attends in the dtype of its
-    products (`decoding.use_packed_attention`), CLIP's layers compute q, k and v in one product and quick_gelu in one compiled pass
-    (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C heap for reuse
-    (`runtime.reuse_freed_memory`).
+    products (`decoding.use_packed_attention`), CLIP's layers compute q, k and v in one product and quick_gelu in one
+    compiled pass (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C
+    heap for reuse (`runtime.reuse_freed_memory`).
     """
     from ..engine.clip_cpu import fuse_clip_layers
     from ..engine.decoding import use_packed_attention
@@ -274,7 +274,7 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
         for tower in vision_modules(model, TOWERS):
             int8_linears(tower, WEIGHTS_READ_DIRECTLY)
     if plan.device.type == "cpu":
-        use_packed_attention(model, plan.prefill_dtype if plan.llm_weights else plan.llm_dtype)
+        use_packed_attention(model, plan.llm_matmul_dtype)
         reuse_freed_memory()
     return model.eval()
 

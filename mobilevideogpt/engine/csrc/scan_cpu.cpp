@@ -89,7 +89,7 @@ inline vf exp2_int(vf k) {
 // Cephes-style expf, accurate to ~1 ulp; returns 0 below about -87.7 (exactly where 2^k leaves the normal range).
 // V is float or vf: the same operations either way.
 template <typename V>
-inline V exp_t(V x, const Limits& c) {
+inline V exp_f(V x, const Limits& c) {
   x = clamp_exp_arg(x, c);
   const V k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
   const V r = x - k * 0.693359375f + k * 2.12194440e-4f;
@@ -102,8 +102,6 @@ inline V exp_t(V x, const Limits& c) {
   const V y = p * r * r + r + 1.0f;
   return y * exp2_int(k);
 }
-
-inline float exp_f(float x, const Limits& c) { return exp_t(x, c); }
 
 // log(1 + e) for e in [0, 1] (Cephes logf polynomial on [sqrt(1/2) - 1, sqrt(2) - 1]; e itself is never rounded
 // through 1 + e, so tiny e keep full relative accuracy).
@@ -320,7 +318,7 @@ void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d
         float* hn = h + n * kLanes;
         const float* an = a + n * kLanes;
         for (int q = 0; q < kParts; ++q) {
-          const vf hv = exp_t(dt[q] * loadv(an + q * kVec), lim) * loadv(hn + q * kVec) + du[q] * bn;
+          const vf hv = exp_f(dt[q] * loadv(an + q * kVec), lim) * loadv(hn + q * kVec) + du[q] * bn;
           storev(hn + q * kVec, hv);
           y[q] += cn * hv;
         }
