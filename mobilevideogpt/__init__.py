@@ -19,12 +19,13 @@ import os
 import sys
 from importlib import import_module
 
-# OpenMP threads that spin while they wait for work hold their core; when another process needs that core too (a
-# laptop, a shared server), every parallel region then waits a scheduler time slice for a preempted spinner. Measured
-# on 2 shared cores: a tiny matmul 23-36 ms spinning vs 0.06-0.2 ms passive; full-size decode 0.83 vs 4.2 tok/s with
-# one other CPU job. The setting must be in the environment before torch loads its OpenMP runtime, i.e. before the
-# first `import torch`; a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import openmp_wait as _openmp_wait
+
+# How torch's OpenMP threads wait for work (openmp_wait.py): it must be in the environment before torch loads its
+# OpenMP runtime, i.e. before the first `import torch`; a setting of the user's is kept.
+os.environ.update(
+    _openmp_wait.wait_settings(os.environ, _openmp_wait.other_running_processes(), _openmp_wait.usable_cpus())
+)
 
 __version__ = "0.1.0"
 

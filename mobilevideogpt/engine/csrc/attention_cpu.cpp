@@ -18,6 +18,11 @@
 #include <type_traits>
 #include <vector>
 
+#include <pthread.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define MVG_ATTENTION_AVX2 1

@@ -20,6 +20,11 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define MVG_ROWS_AVX2 1

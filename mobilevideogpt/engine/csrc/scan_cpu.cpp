@@ -16,13 +16,21 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
-#if defined(__SSE2__)
+
+#include <pthread.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
 
 namespace {
 
-constexpr int kLanes = 32;  // channels scanned together: the vectorised axis
+constexpr int kLanes = 32;  // channels of one block, scanned together: the vectorised axis
+constexpr int kMaxBlocks = 8;  // blocks per work item, which share every read of a tile's inputs
 // Time steps per tile of transposed inputs. Under AVX512 32: the five tiles then fit a 48 KB L1 cache (a
 // VideoMamba-M bf16 scan on 2 cores of a Xeon with AMX, medians of 3 alternating runs: 8.4 -> 7.1 ms); elsewhere
 // 64 (built for AVX2 on that Xeon the two were within noise, 32 a few percent slower).
@@ -38,7 +46,7 @@ enum : int32_t { kF32 = 0, kBF16 = 1 };  // element types, as passed in `dtypes`
 // branches (it constant-folds them), and a select between literal 0 and 1 in log1p_unit likewise, and then refuses
 // to vectorise every loop that calls them.
 struct Limits {
-  float lo, hi, split, zero, one;
+  float lo, hi, split, zero, one, lo2, hi2;
 };
 
 // kVec fp32 lanes in GCC's vector extension (clang has it too), one register of the widest ISA the library is built
@@ -101,6 +109,39 @@ inline V exp_f(V x, const Limits& c) {
   p = p * r + 5.0000001201e-1f;
   const V y = p * r * r + r + 1.0f;
   return y * exp2_int(k);
+}
+
+// 2^t, for the scan's decay factors e^(delta A) = 2^(delta A log2 e): 2^k 2^f with k = round(t) and f = t - k in
+// [-1/2, 1/2], 2^f by a degree-6 minimax polynomial (relative error 8e-8 with fp32 Horner steps, about the old exp_f's
+// 1 ulp). Fewer operations than exp_f: no range reduction by a split ln 2, and under AVX512 f comes from one vreduceps
+// and 2^k p from one vscalefps, which also covers the clamped ends (t >= -127: 2^k p is then denormal and flushed to
+// zero, as exp_f's is 0 there).
+inline vf exp2_decay(vf t, const Limits& c) {
+  constexpr float c6 = 1.5345812426e-04f, c5 = 1.3399930904e-03f, c4 = 9.6184890717e-03f, c3 = 5.5503286421e-02f,
+                  c2 = 2.4022646248e-01f, c1 = 6.9314718246e-01f;
+#if defined(__AVX512F__) && MVG_VEC_LANES == 16
+  t = _mm512_max_ps(t, _mm512_set1_ps(c.lo2));
+  const vf f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT);
+  const vf k = t - f;
+#else
+  const vf lo = vf{} + c.lo2, hi = vf{} + c.hi2;
+  t = t < lo ? lo : t;
+  t = hi < t ? hi : t;
+  const vf k = (t + 12582912.0f) - 12582912.0f;  // round(t)
+  const vf f = t - k;
+#endif
+  vf p = vf{} + c6;
+  p = p * f + c5;
+  p = p * f + c4;
+  p = p * f + c3;
+  p = p * f + c2;
+  p = p * f + c1;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__) && MVG_VEC_LANES == 16
+  return _mm512_scalef_ps(p, k);
+#else
+  return p * exp2_int(k);
+#endif
 }
 
 // log(1 + e) for e in [0, 1] (Cephes logf polynomial on [sqrt(1/2) - 1, sqrt(2) - 1]; e itself is never rounded
@@ -182,52 +223,70 @@ struct Problem {
   Limits lim;
 };
 
+// One work item's buffers: `width` channels (whole blocks). h and a hold each block's (N x kLanes) state and decay
+// rates one block after the other; the tiles are (kSteps x width), row i holding step t0 + i.
 struct Scratch {
-  std::vector<float> h, a, bt, ct;
-  alignas(64) float dt[kSteps][kLanes];
-  alignas(64) float ut[kSteps][kLanes];
-  alignas(64) float dtu[kSteps][kLanes];
-  alignas(64) float yt[kSteps][kLanes];
-  alignas(64) float zt[kSteps][kLanes];
-  explicit Scratch(int64_t n) : h(n * kLanes), a(n * kLanes), bt(kSteps * n), ct(kSteps * n) {}
+  int width;
+  std::vector<float> h, a, bt, ct, dt, ut, dtu, yt, zt, skip, bias;
+  Scratch(int64_t n, int width)
+      : width(width), h(n * width), a(n * width), bt(kSteps * n), ct(kSteps * n), dt(kSteps * width),
+        ut(kSteps * width), dtu(kSteps * width), yt(kSteps * width), zt(kSteps * width), skip(width), bias(width) {}
 };
 
-// tile[i][j] = x[b, d0 + j, t0 + i]; lanes past the last channel are zero. The two common layouts (time
-// contiguous, or channel contiguous as in a transposed Linear output) get loops the compiler can stream.
+// Element size of a dtype code.
+inline int64_t element_bytes(int32_t dtype) { return dtype == kBF16 ? 2 : 4; }
+
+// Asks for the cache lines of step i of the tile at t0 (channels [d0, d0 + nd)): channel contiguous, that step's
+// row of the block (one or two lines); time contiguous, channel i's run of the tile. The scan issues these for the
+// next tile one step at a time while it computes the current one: every step of the mixer's channel-contiguous
+// layout is a line of its own 2304 bytes from the last (beyond the hardware prefetchers' strides), and asking for a
+// whole tile at once filled the line-fill buffers and stalled there (perf: ~40 % of the tile loads' time, Xeon with
+// AMX). A prefetch past either end of the tensor never faults.
+template <bool kWrite, typename V>
+inline void prefetch_step(const V& x, int64_t b, int64_t d0, int64_t t0, int i, int nd) {
+  if (!x.p) return;
+  const int64_t es = element_bytes(x.dtype);
+  const char* base = static_cast<const char*>(x.p) + (b * x.sb + d0 * x.sd + t0 * x.st) * es;
+  if (x.sd == 1) {
+    const char* row = base + i * x.st * es;
+    for (int64_t o = 0; o < nd * es; o += 64) __builtin_prefetch(row + o, kWrite);
+  } else if ((x.st == 1 || x.st == -1) && i < nd) {
+    const char* run = base + i * x.sd * es;
+    for (int64_t o = 0; o < kSteps * es; o += 64) __builtin_prefetch(run + x.st * o, kWrite);
+  }
+}
+
+// tile[i * w + j] = x[b, d0 + j, t0 + i] for j < w; channels past the last (nd) are zero. The two common layouts
+// (time contiguous, or channel contiguous as in a transposed Linear output) get loops the compiler can stream.
 template <typename T>
-void load_tile_as(const View3& x, int64_t b, int64_t d0, int64_t t0, int tt, int nd, float (*tile)[kLanes]) {
+void load_tile_as(const View3& x, int64_t b, int64_t d0, int64_t t0, int tt, int nd, int w, float* tile) {
   const T* base = static_cast<const T*>(x.p) + b * x.sb + d0 * x.sd + t0 * x.st;
   if (x.st == 1) {
-    for (int j = 0; j < kLanes; ++j) {
+    for (int j = 0; j < w; ++j) {
       if (j < nd) {
         const T* row = base + j * x.sd;
-        // 32 rows are 32 streams, too many for the hardware prefetcher: ask for the next tile now, it is needed
-        // only after this tile's scan (~4 % faster, measured; a prefetch past the end never faults).
-        for (int i = 0; i < kSteps; i += 64 / sizeof(T)) __builtin_prefetch(row + kSteps + i);
-        for (int i = 0; i < tt; ++i) tile[i][j] = widen(row[i]);
+        for (int i = 0; i < tt; ++i) tile[i * w + j] = widen(row[i]);
       } else {
-        for (int i = 0; i < tt; ++i) tile[i][j] = 0.0f;
+        for (int i = 0; i < tt; ++i) tile[i * w + j] = 0.0f;
       }
     }
   } else if (x.sd == 1) {
     for (int i = 0; i < tt; ++i) {
       const T* col = base + i * x.st;
-      // Each step is a cache line (or two) of its own, strided: ask for the next tile's step now.
-      for (int j = 0; j < kLanes; j += 64 / sizeof(T)) __builtin_prefetch(col + kSteps * x.st + j);
-      for (int j = 0; j < nd; ++j) tile[i][j] = widen(col[j]);
-      for (int j = nd; j < kLanes; ++j) tile[i][j] = 0.0f;
+      for (int j = 0; j < nd; ++j) tile[i * w + j] = widen(col[j]);
+      for (int j = nd; j < w; ++j) tile[i * w + j] = 0.0f;
     }
   } else {
     for (int i = 0; i < tt; ++i)
-      for (int j = 0; j < kLanes; ++j) tile[i][j] = j < nd ? widen(base[i * x.st + j * x.sd]) : 0.0f;
+      for (int j = 0; j < w; ++j) tile[i * w + j] = j < nd ? widen(base[i * x.st + j * x.sd]) : 0.0f;
   }
 }
 
-inline void load_tile(const View3& x, int64_t b, int64_t d0, int64_t t0, int tt, int nd, float (*tile)[kLanes]) {
+inline void load_tile(const View3& x, int64_t b, int64_t d0, int64_t t0, int tt, int nd, int w, float* tile) {
   if (x.dtype == kBF16)
-    load_tile_as<uint16_t>(x, b, d0, t0, tt, nd, tile);
+    load_tile_as<uint16_t>(x, b, d0, t0, tt, nd, w, tile);
   else
-    load_tile_as<float>(x, b, d0, t0, tt, nd, tile);
+    load_tile_as<float>(x, b, d0, t0, tt, nd, w, tile);
 }
 
 // dst[i * N + n] = x[b, g, n, t0 + i] for the tt steps of a tile.
@@ -245,10 +304,10 @@ inline void load_states(const View4& x, int64_t b, int64_t g, int64_t t0, int tt
     load_states_as<float>(x, b, g, t0, tt, N, dst);
 }
 
-// out[b, d0 + j, t0 + i] = tile[i][j] for the nd channels of the block, at the output's strides: time contiguous
-// (the usual layout) and channel contiguous (time-major, what a following Linear reads) get streaming loops.
+// out[b, d0 + j, t0 + i] = tile[i * w + j] for the nd channels of the item, at the output's strides: time
+// contiguous (the usual layout) and channel contiguous (time-major, what a following Linear reads) get streaming loops.
 template <typename T>
-void store_tile_as(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd, const float (*tile)[kLanes]) {
+void store_tile_as(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd, int w, const float* tile) {
   T* base = static_cast<T*>(o.p) + b * o.sb + d0 * o.sd + t0 * o.st;
   auto put = [](float v, T* dst) {
     if constexpr (std::is_same_v<T, uint16_t>)
@@ -258,88 +317,101 @@ void store_tile_as(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, 
   };
   if (o.st == 1) {
     for (int j = 0; j < nd; ++j)
-      for (int i = 0; i < tt; ++i) put(tile[i][j], base + j * o.sd + i);
+      for (int i = 0; i < tt; ++i) put(tile[i * w + j], base + j * o.sd + i);
   } else if (o.sd == 1) {
     for (int i = 0; i < tt; ++i)
-      for (int j = 0; j < nd; ++j) put(tile[i][j], base + i * o.st + j);
+      for (int j = 0; j < nd; ++j) put(tile[i * w + j], base + i * o.st + j);
   } else {
     for (int i = 0; i < tt; ++i)
-      for (int j = 0; j < nd; ++j) put(tile[i][j], base + i * o.st + j * o.sd);
+      for (int j = 0; j < nd; ++j) put(tile[i * w + j], base + i * o.st + j * o.sd);
   }
 }
 
-inline void store_tile(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd,
-                       const float (*tile)[kLanes]) {
+inline void store_tile(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, int nd, int w,
+                       const float* tile) {
   if (o.dtype == kBF16)
-    store_tile_as<uint16_t>(o, b, d0, t0, tt, nd, tile);
+    store_tile_as<uint16_t>(o, b, d0, t0, tt, nd, w, tile);
   else
-    store_tile_as<float>(o, b, d0, t0, tt, nd, tile);
+    store_tile_as<float>(o, b, d0, t0, tt, nd, w, tile);
 }
 
-// Scans channels [d0, d0 + nd) of batch b (all inside group g) over the whole sequence.
+// Scans channels [d0, d0 + nd) of batch b (all inside group g, nd <= s.width) over the whole sequence, tile by
+// tile: each tile's inputs are read for all of the item's channels at once (in the mixer's channel-contiguous layout
+// a run of nd channels per step rather than one 64-byte line), then its blocks of kLanes channels are scanned one
+// after the other. B and C are read once per tile for all blocks.
 void scan_channels(const Problem& p, Scratch& s, int64_t b, int64_t g, int64_t d0, int nd) {
   const int64_t L = p.seqlen, N = p.dstate;
+  const int w = s.width, blocks = (nd + kLanes - 1) / kLanes;
   const Limits lim = p.lim;
-  float* h = s.h.data();
-  float* a = s.a.data();
-  alignas(64) float skip[kLanes] = {0.0f};
-  alignas(64) float bias[kLanes] = {0.0f};
   std::fill(s.h.begin(), s.h.end(), 0.0f);
   std::fill(s.a.begin(), s.a.end(), 0.0f);
+  std::fill(s.skip.begin(), s.skip.end(), 0.0f);
+  std::fill(s.bias.begin(), s.bias.end(), 0.0f);
   for (int j = 0; j < nd; ++j) {
-    for (int64_t n = 0; n < N; ++n) a[n * kLanes + j] = p.A[(d0 + j) * N + n];
-    if (p.D) skip[j] = p.D[d0 + j];
-    if (p.delta_bias) bias[j] = p.delta_bias[d0 + j];
+    float* aj = s.a.data() + (j / kLanes) * N * kLanes + j % kLanes;
+    for (int64_t n = 0; n < N; ++n) aj[n * kLanes] = p.A[(d0 + j) * N + n] * 1.44269504088896341f;
+    if (p.D) s.skip[j] = p.D[d0 + j];
+    if (p.delta_bias) s.bias[j] = p.delta_bias[d0 + j];
   }
+  float *dtt = s.dt.data(), *ut = s.ut.data(), *dtu = s.dtu.data(), *yt = s.yt.data(), *zt = s.zt.data();
+  const float* bias = s.bias.data();
   for (int64_t t0 = 0; t0 < L; t0 += kSteps) {
     const int tt = static_cast<int>(std::min<int64_t>(kSteps, L - t0));
-    load_tile(p.delta, b, d0, t0, tt, nd, s.dt);
-    load_tile(p.u, b, d0, t0, tt, nd, s.ut);
+    load_tile(p.delta, b, d0, t0, tt, nd, w, dtt);
+    load_tile(p.u, b, d0, t0, tt, nd, w, ut);
     for (int i = 0; i < tt; ++i)
-      for (int j = 0; j < kLanes; ++j) s.dt[i][j] += bias[j];
+      for (int j = 0; j < w; ++j) dtt[i * w + j] += bias[j];
     if (p.softplus)
-      for (int i = 0; i < tt; ++i)
-        for (int j = 0; j < kLanes; ++j) s.dt[i][j] = softplus_f(s.dt[i][j], lim);
-    for (int i = 0; i < tt; ++i)
-      for (int j = 0; j < kLanes; ++j) s.dtu[i][j] = s.dt[i][j] * s.ut[i][j];
+      for (int i = 0; i < tt * w; ++i) dtt[i] = softplus_f(dtt[i], lim);
+    for (int i = 0; i < tt * w; ++i) dtu[i] = dtt[i] * ut[i];
     load_states(p.B, b, g, t0, tt, N, s.bt.data());
     load_states(p.C, b, g, t0, tt, N, s.ct.data());
     constexpr int kParts = kLanes / kVec;  // vectors per time step of a block
     static_assert(kLanes % kVec == 0, "a block's channels fill whole vectors");
-    for (int i = 0; i < tt; ++i) {
-      vf dt[kParts], du[kParts], y[kParts];
-      for (int q = 0; q < kParts; ++q) {
-        dt[q] = loadv(s.dt[i] + q * kVec);
-        du[q] = loadv(s.dtu[i] + q * kVec);
-        y[q] = vf{};
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const float bn = s.bt[i * N + n], cn = s.ct[i * N + n];
-        float* hn = h + n * kLanes;
-        const float* an = a + n * kLanes;
-        for (int q = 0; q < kParts; ++q) {
-          const vf hv = exp_f(dt[q] * loadv(an + q * kVec), lim) * loadv(hn + q * kVec) + du[q] * bn;
-          storev(hn + q * kVec, hv);
-          y[q] += cn * hv;
+    const bool more = t0 + kSteps < L;
+    for (int k = 0; k < blocks; ++k) {
+      const int j0 = k * kLanes, nk = std::min(kLanes, nd - j0);
+      float* h = s.h.data() + k * N * kLanes;
+      const float* a = s.a.data() + k * N * kLanes;
+      for (int i = 0; i < tt; ++i) {
+        if (more) {
+          prefetch_step<false>(p.delta, b, d0 + j0, t0 + kSteps, i, nk);
+          prefetch_step<false>(p.u, b, d0 + j0, t0 + kSteps, i, nk);
+          prefetch_step<false>(p.z, b, d0 + j0, t0 + kSteps, i, nk);
+          prefetch_step<true>(p.out, b, d0 + j0, t0 + kSteps, i, nk);
         }
+        const int row = i * w + j0;
+        vf dt[kParts], du[kParts], y[kParts];
+        for (int q = 0; q < kParts; ++q) {
+          dt[q] = loadv(dtt + row + q * kVec);
+          du[q] = loadv(dtu + row + q * kVec);
+          y[q] = vf{};
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const float bn = s.bt[i * N + n], cn = s.ct[i * N + n];
+          float* hn = h + n * kLanes;
+          const float* an = a + n * kLanes;
+          for (int q = 0; q < kParts; ++q) {
+            const vf hv = exp2_decay(dt[q] * loadv(an + q * kVec), lim) * loadv(hn + q * kVec) + du[q] * bn;
+            storev(hn + q * kVec, hv);
+            y[q] += cn * hv;
+          }
+        }
+        for (int q = 0; q < kParts; ++q)
+          storev(yt + row + q * kVec, y[q] + loadv(s.skip.data() + j0 + q * kVec) * loadv(ut + row + q * kVec));
       }
-      for (int q = 0; q < kParts; ++q)
-        storev(s.yt[i] + q * kVec, y[q] + loadv(skip + q * kVec) * loadv(s.ut[i] + q * kVec));
     }
     if (p.z.p) {
-      load_tile(p.z, b, d0, t0, tt, nd, s.zt);
-      for (int i = 0; i < tt; ++i)
-        for (int j = 0; j < kLanes; ++j) s.yt[i][j] *= silu_f(s.zt[i][j], lim);
+      load_tile(p.z, b, d0, t0, tt, nd, w, zt);
+      for (int i = 0; i < tt * w; ++i) yt[i] *= silu_f(zt[i], lim);
     }
-    store_tile(p.out, b, d0, t0, tt, nd, s.yt);
+    store_tile(p.out, b, d0, t0, tt, nd, w, yt);
   }
   if (p.last_state)
     for (int j = 0; j < nd; ++j)
-      for (int64_t n = 0; n < N; ++n) p.last_state[(b * p.dim + d0 + j) * N + n] = h[n * kLanes + j];
+      for (int64_t n = 0; n < N; ++n)
+        p.last_state[(b * p.dim + d0 + j) * N + n] = s.h[(j / kLanes) * N * kLanes + n * kLanes + j % kLanes];
 }
-
-// Element size of a dtype code.
-inline int64_t element_bytes(int32_t dtype) { return dtype == kBF16 ? 2 : 4; }
 
 // The same view walked from its last time step to its first: starts at step L - 1, time stride negated.
 template <typename V>
@@ -515,7 +587,7 @@ extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const fl
             View4{B, st[9], st[10], st[11], st[12], dtypes[3]},
             View4{C, st[13], st[14], st[15], st[16], dtypes[4]},
             A, D, delta_bias, OutView{out, st[17], st[18], st[19], dtypes[5]}, last_state, batch, dim, dstate,
-            groups, seqlen, delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
+            groups, seqlen, delta_softplus != 0, Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f, -127.0f, 127.0f}};
   if (reverse) {
     p.u = reversed(p.u, seqlen);
     p.delta = reversed(p.delta, seqlen);
@@ -524,14 +596,21 @@ extern "C" int mvg_selective_scan_fwd(const void* u, const void* delta, const fl
     p.C = reversed(p.C, seqlen);
     p.out = reversed(p.out, seqlen);
   }
+  // Work items of whole blocks, at most kMaxBlocks each, as many per group as a multiple of the threads (36 blocks
+  // on 2 threads: 6 items of 6).
   const int64_t per_group = dim / groups;
   const int64_t blocks = (per_group + kLanes - 1) / kLanes;
+  const int64_t threads = std::max(1, num_threads);
+  const int64_t parts = ((blocks + kMaxBlocks - 1) / kMaxBlocks + threads - 1) / threads * threads;
+  const int64_t item_blocks = (blocks + parts - 1) / parts;
+  const int64_t items = (blocks + item_blocks - 1) / item_blocks;
+  const int width = static_cast<int>(item_blocks * kLanes);
   const bool ok = run_parallel(
-      batch * groups * blocks, num_threads, [&] { return Scratch(dstate); },
+      batch * groups * items, num_threads, [&] { return Scratch(dstate, width); },
       [&](int64_t it, Scratch& s) {
-        const int64_t blk = it % blocks, g = (it / blocks) % groups, b = it / (blocks * groups);
-        const int64_t d0 = g * per_group + blk * kLanes;
-        scan_channels(p, s, b, g, d0, static_cast<int>(std::min<int64_t>(kLanes, (g + 1) * per_group - d0)));
+        const int64_t part = it % items, g = (it / items) % groups, b = it / (items * groups);
+        const int64_t d0 = g * per_group + part * width;
+        scan_channels(p, s, b, g, d0, static_cast<int>(std::min<int64_t>(width, (g + 1) * per_group - d0)));
       });
   return ok ? 0 : 2;
 }
@@ -558,7 +637,7 @@ extern "C" int mvg_causal_conv1d_fwd(const void* x, const float* weight, const f
   const int64_t* st = strides;
   const ConvProblem p{View3{x, st[0], st[1], st[2], dtypes[0]}, OutView{out, st[3], st[4], st[5], dtypes[1]},
                       weight_t.data(), bias, batch, dim, seqlen, width, silu != 0, reverse != 0,
-                      Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f}};
+                      Limits{-88.0f, 88.0f, 0.41421356f, 0.0f, 1.0f, -127.0f, 127.0f}};
   const int64_t blocks = (seqlen + kConvSteps - 1) / kConvSteps;
   const bool ok = run_parallel(
       batch * blocks, num_threads, [&] { return std::vector<float>(dim); },
