@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import mobilevideogpt  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from mobilevideogpt import openmp_wait
 
 PAPER_TOKENS_PER_S = {"RTX A6000": 45.9, "Jetson Orin Nano": 7.3}
 PROMPT = "Analyze this exercise video and provide corrective feedback."
@@ -246,7 +247,8 @@ def child(args) -> None:
         dtype, quantize = PROJECT_PATHS[name]
         row = run_project(args, config, tokenizer, args.video, dtype, quantize, budget or None)
     row.update(path=args.child, peak_rss_gib=peak_rss_gib(), threads=torch.get_num_threads(),
-               load=f"{load_before} → {load_average()}", omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+               load=f"{load_before} → {load_average()}", omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+               gomp_spincount=os.environ.get("GOMP_SPINCOUNT"))
     print(json.dumps(row), flush=True)
 
 
@@ -261,8 +263,11 @@ def spawn(args, path: str, video: Path, timeout: float | None = None) -> dict:
                "--new-tokens", str(args.new_tokens)] + (["--full-size"] if args.full_size else [])  # fmt: skip
     env = dict(os.environ)
     if args.omp_wait_policy:
-        # An empty value is kept by the project (the user "set" it) and ignored by libgomp: its own default.
+        # An empty value is kept by the project (the user "set" it) and ignored by libgomp: its own default. A spin
+        # count the project chose for this process would override the policy asked for, so it does not pass on.
         env["OMP_WAIT_POLICY"] = "" if args.omp_wait_policy == "unset" else args.omp_wait_policy
+        if "GOMP_SPINCOUNT" in openmp_wait.APPLIED:
+            env.pop("GOMP_SPINCOUNT", None)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"path {path} failed:\n{done.stderr[-3000:]}")
@@ -325,7 +330,8 @@ def print_table(rows: dict[str, list[dict]]) -> None:
         loads = "; ".join(r["load"] for r in runs)
         share = summarise([r["cpu_share"] for r in runs], "{:.2f}")
         print(f"- {path}: {detail}; prompt {first['prompt_tokens']} tokens, {first['new_tokens']} greedy tokens, "
-              f"{first['threads']} threads, OMP_WAIT_POLICY={first['omp_wait_policy']}; CPU seconds per wall second "
+              f"{first['threads']} threads, OMP_WAIT_POLICY={first['omp_wait_policy']}, "
+              f"GOMP_SPINCOUNT={first.get('gomp_spincount')}; CPU seconds per wall second "
               f"{share}; load average {loads}")
 
 
@@ -345,7 +351,7 @@ def main() -> None:
     parser.add_argument(
         "--omp-wait-policy",
         help="OMP_WAIT_POLICY for the measured processes: PASSIVE, ACTIVE, or 'unset' for libgomp's own default "
-        "(spin a while, then sleep); default: what the project sets (PASSIVE unless the environment says otherwise)",
+        "(spin a while, then sleep); default: what the project sets (mobilevideogpt/openmp_wait.py)",
     )
     parser.add_argument("--video", type=Path, help="video to use (default: a synthetic 10 s clip)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")

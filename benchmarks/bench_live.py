@@ -1,9 +1,8 @@
 """Live loop speed: real-time factor with and without the per-frame cache (random weights).
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_live.py               # tiny model, published geometry
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_live.py --full-size   # + the published architecture
-                                                                          #   (Qwen2.5-0.5B, CLIP ViT-B/16,
-                                                                          #   VideoMamba-M): many minutes on a CPU
+    python benchmarks/bench_live.py               # tiny model, published geometry
+    python benchmarks/bench_live.py --full-size   # + the published architecture (Qwen2.5-0.5B, CLIP ViT-B/16,
+                                                  #   VideoMamba-M): many minutes on a CPU
     python benchmarks/bench_live.py --full-size --visual-tokens all,0.25,0.1   # with visual-token budgets
     python benchmarks/bench_live.py --full-size --quantize w8a8                 # int8 x int8 products
 
@@ -33,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mobilevideogpt  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 
 from mobilevideogpt.constants import QUANTIZE_CHOICES
@@ -195,7 +195,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
     tokenizer = build_qwen25_tokenizer()
     load = os.getloadavg()
-    print(f"CPU {cpu_features().describe_machine()}, torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+    print(f"CPU {cpu_features().describe_machine()}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         video = synthetic_session(Path(tmp), args.seconds)

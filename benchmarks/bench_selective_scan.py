@@ -10,9 +10,10 @@ z, B, C in bf16; A, D, delta_bias in fp32). Repetitions of the implementations a
 load from other processes hits all of them alike; the median and the minimum are printed, and the forward times
 relative to the fp32 compiled kernel. bf16 rows are checked against the reference on the same bf16-rounded inputs.
 
-On a machine shared with other busy processes, torch's OpenMP threads spin-wait at every parallel op and stall for
-milliseconds; the pure-PyTorch path and the conv then slow down 10-20x. OMP_WAIT_POLICY=PASSIVE (set before Python
-starts) or --threads 1 avoids it; the compiled kernel uses its own threads and is unaffected. The header prints the
+On a machine shared with other busy processes, OpenMP threads that spin-wait stall every parallel op for
+milliseconds; the pure-PyTorch path and the conv then slow down 10-20x. The package spins only briefly, and only where
+nothing else runs when it is imported (mobilevideogpt/openmp_wait.py); OMP_WAIT_POLICY=PASSIVE (set before Python
+starts) or --threads 1 rules spinning out. The compiled kernels run on the same OpenMP threads. The header prints the
 load average so such runs can be recognised.
 
 glibc hands large freed blocks back to the kernel and moves its mmap threshold with every such free, so in a
@@ -33,6 +34,7 @@ import statistics
 import time
 from typing import Callable
 
+import mobilevideogpt  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import torch
 
 from mobilevideogpt.engine import scan_cpu
@@ -154,7 +156,8 @@ def main() -> None:
     print(f"selective scan, CPU fp32 and bf16, batch 1, L={L}, D={DIM}, N={N}, z + D + delta_bias + softplus")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, {platform.machine()}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', '(unset)')}, {platform.machine()}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, malloc {malloc}, load average "
         f"{load_before:.2f} -> {load_after:.2f}"
     )

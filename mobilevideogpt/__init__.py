@@ -23,9 +23,10 @@ from . import openmp_wait as _openmp_wait
 
 # How torch's OpenMP threads wait for work (openmp_wait.py): it must be in the environment before torch loads its
 # OpenMP runtime, i.e. before the first `import torch`; a setting of the user's is kept.
-os.environ.update(
+_openmp_wait.APPLIED.update(
     _openmp_wait.wait_settings(os.environ, _openmp_wait.other_running_processes(), _openmp_wait.usable_cpus())
 )
+os.environ.update(_openmp_wait.APPLIED)
 
 __version__ = "0.1.0"
 

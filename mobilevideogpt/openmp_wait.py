@@ -20,26 +20,37 @@ So the package spins briefly where no other process is running when it is import
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 
 SPIN_COUNT = 10000  # libgomp spins per wait: about 0.1 ms at its estimate of 100000 spins per ms
 USER_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+APPLIED: dict[str, str] = {}  # what importing the package added to the environment
 
 
-def other_running_processes(loadavg: str | None = None) -> int | None:
-    """Processes (threads) running or runnable right now besides this one: the 4th field of /proc/loadavg
-    ("running/total"), less this process. None where that file is not readable. An instantaneous count, unlike the
-    load averages, which would still show a job of the user's that ended a minute ago."""
-    if loadavg is None:
+def other_running_processes(loadavg: str | None = None, samples: int = 5, interval_s: float = 0.002) -> int | None:
+    """Processes (threads) running or runnable besides this one: the 4th field of /proc/loadavg ("running/total"),
+    less this process, the least of `samples` readings `interval_s` apart (a CPU-bound process is in every one, a
+    passing one seldom: 2 of 20 single readings here counted one while nothing else ran). None where the file is not
+    readable. Instantaneous, unlike the load averages, which would still show a job of the user's that ended a minute
+    ago. `loadavg`: one reading to parse instead."""
+    readings = []
+    for i in range(1 if loadavg is not None else samples):
+        if loadavg is None:
+            if i:
+                time.sleep(interval_s)
+            try:
+                with open("/proc/loadavg", encoding="ascii") as f:
+                    text = f.read()
+            except OSError:
+                return None
+        else:
+            text = loadavg
         try:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                loadavg = f.read()
-        except OSError:
+            readings.append(max(0, int(text.split()[3].split("/")[0]) - 1))
+        except (IndexError, ValueError):
             return None
-    try:
-        return max(0, int(loadavg.split()[3].split("/")[0]) - 1)
-    except (IndexError, ValueError):
-        return None
+    return min(readings)
 
 
 def usable_cpus() -> int:

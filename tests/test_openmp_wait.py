@@ -29,7 +29,10 @@ def test_running_processes_are_read_from_loadavg():
 
 
 def test_import_sets_the_policy_before_torch_and_keeps_the_users():
-    show = "import mobilevideogpt, os, sys; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    show = (
+        "import mobilevideogpt, os, sys; "
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    )
     env = {key: value for key, value in os.environ.items() if key not in openmp_wait.USER_SETTINGS}
     out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
     policy, spin, torch_loaded = out.split()

@@ -76,7 +76,8 @@ def loaded_libraries(maps: str | None = None) -> set[str]:
                 maps = f.read()
         except OSError:
             return set()
-    return {line.split(None, 5)[5].strip() for line in maps.splitlines() if len(line.split(None, 5)) == 6 and ".so" in line}
+    fields = (line.split(None, 5) for line in maps.splitlines())
+    return {parts[5].strip() for parts in fields if len(parts) == 6 and ".so" in parts[5]}
 
 
 def openmp_flags(libraries: set[str] | None = None) -> list[str]:

@@ -120,9 +120,10 @@ void dot_int8(const float* x, int64_t xs, const int8_t* w, int64_t k, float* out
   int64_t j = 0;
   for (; j + 32 <= k; j += 32) {
     _mm_prefetch(reinterpret_cast<const char*>(w + j) + 1024, _MM_HINT_T0);
-    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j))));
-    const __m512 hi =
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j + 16))));
+    const __m128i v0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j));
+    const __m128i v1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j + 16));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v0));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v1));
     for (int r = 0; r < R; ++r) {
       acc[r][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + r * xs + j), acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + r * xs + j + 16), acc[r][1]);
