@@ -86,6 +86,18 @@ def test_concurrent_callers_get_their_own_results(linear_kernel, monkeypatch):
     assert failures == []
 
 
+
+def wait_for_child(pid: int, timeout_s: float = 120) -> int:
+    """The exit code of forked child `pid`; the test fails (and the child is killed) if it has not ended in time."""
+    deadline = time.monotonic() + timeout_s
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(done[1])
+
 def test_a_forked_child_computes_without_the_parents_threads(linear_kernel, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's own pool, in parent and child
     weight, _, exact = stored(3000, 64, "bf16")
@@ -99,11 +111,4 @@ def test_a_forked_child_computes_without_the_parents_threads(linear_kernel, monk
             ok = torch.allclose(linear_cpu.linear_lowp(x, weight).double(), expected, atol=1e-4)
         finally:
             os._exit(0 if ok else 3)
-    deadline = time.monotonic() + 120
-    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert wait_for_child(pid) == 0

@@ -98,12 +98,11 @@ def test_the_scan_kernel_runs_in_torchs_openmp_runtime():
 def test_a_forked_child_scans_on_threads_of_its_own():
     # libgomp's pool does not survive a fork: a child must not wait on the parent's threads (it would hang).
     import os
-    import signal
-    import time
 
     import torch
 
     from mobilevideogpt.engine import scan_cpu
+    from tests.test_linear_cpu import wait_for_child
 
     if scan_cpu.load_kernel() is None:
         if scan_cpu._compiler() is None:
@@ -121,11 +120,4 @@ def test_a_forked_child_scans_on_threads_of_its_own():
             ok = torch.equal(scan_cpu.selective_scan_cpu(u, delta, A, B, C), expected)
         finally:
             os._exit(0 if ok else 3)
-    deadline = time.monotonic() + 120
-    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert wait_for_child(pid) == 0
