@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -140,10 +141,12 @@ def test_slow_model_on_a_realtime_stream_skips_windows_instead_of_queueing(sessi
     reported = [int(m) for text in messages for m in re.findall(r"skipped (\d+) window", text)]
     assert sum(reported) == summary.windows_skipped and all("skipped" in text for text in messages)
     # Not queued: each answered window is the latest complete one, so the lag behind the stream stays under
-    # about one stride plus one answer, instead of growing by (answer − stride) per window.
+    # about one stride, instead of growing by (answer − stride) = 0.25 s per window (over 1 s by the fifth
+    # answer). One scheduling hiccup of a loaded 2-core CI machine (0.2 s seen) may lift a single lag.
     (first_call, first_end), *rest = chat.calls
     lags = [(called - first_call) - (end - first_end) for called, end in rest]
-    assert max(lags) < stride + 0.2
+    assert statistics.median(lags) < stride + 0.1
+    assert max(lags) < stride + chat.delay_s
     assert summary.max_buffered_frames <= 10 + 2 * 2 + 1  # window + two strides of frames, at most
     ends = [end for _, end in chat.calls]
     assert ends == sorted(ends) and len(set(ends)) == len(ends)
