@@ -108,7 +108,7 @@ def rows_kernel():
     """The compiled row passes of int8 prefills, built."""
     from mobilevideogpt.engine import rows_cpu
 
-    require_kernel(rows_cpu, "int8 row kernels")
+    require_kernel(rows_cpu, "row kernels")
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,23 @@ def test_int8_matches_the_stock_int8_layers(rows_kernel):
     assert float((out - reference).abs().max()) < 0.1 * float((reference - exact).abs().max())
 
 
+def test_bf16_layers_run_quick_gelu_compiled_rounding_once(rows_kernel, monkeypatch):
+    mlp = stock_mlp().to(torch.bfloat16)
+    module = fused_copy(mlp)
+    x = torch.randn(2, 9, 48).to(torch.bfloat16)
+    passes = []
+    compiled = rows_cpu.quick_gelu_bf16_
+    monkeypatch.setattr(rows_cpu, "quick_gelu_bf16_", lambda y: passes.append(y.shape) or compiled(y))
+    with torch.inference_mode():
+        out, stock = module(x), mlp(x)
+        hidden = mlp.fc1(x).float()
+        once = mlp.fc2((hidden * torch.sigmoid(1.702 * hidden)).to(torch.bfloat16))  # quick_gelu rounded once
+    assert passes == [(18, 200)] and out.shape == stock.shape
+    # As rounding once: an activation may land one bf16 step away (exp's last bit), nothing more.
+    assert float((out.float() - once.float()).abs().max()) <= 2**-7 * float(once.abs().max())
+    torch.testing.assert_close(out, stock, rtol=0, atol=4e-2 * float(stock.abs().max()))  # bf16 steps of fc2's input
+
+
 def test_the_stock_expression_runs_with_gradients_other_dtypes_and_no_library(rows_kernel, monkeypatch):
     mlp = stock_mlp()
     module = fused_copy(mlp)
@@ -72,10 +89,10 @@ def test_the_stock_expression_runs_with_gradients_other_dtypes_and_no_library(ro
     torch.testing.assert_close(out, mlp(x), rtol=0, atol=0)
     assert x.grad is not None and module.fc1.weight.grad is not None
 
-    bf16 = fused_copy(mlp.to(torch.bfloat16))
+    half = fused_copy(mlp.to(torch.float16))
     with torch.inference_mode():
-        xb = x.detach().to(torch.bfloat16)
-        assert torch.equal(bf16(xb), mlp(xb))
+        xh = x.detach().to(torch.float16)
+        assert torch.equal(half(xh), mlp(xh))
 
     calls = []
     monkeypatch.setattr(rows_cpu, "quick_gelu_", lambda *a, **k: calls.append(a))

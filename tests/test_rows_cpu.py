@@ -1,5 +1,6 @@
-"""Compiled row passes of int8 prefills (engine/rows_cpu.py): each against the PyTorch expression it replaces, on
-awkward shapes and strides, and the int8_matmul entry points with and without the library."""
+"""Compiled row passes (engine/rows_cpu.py): those of int8 prefills and the bf16 / fp32 RMSNorm and quick_gelu,
+each against the PyTorch expression it replaces, on awkward shapes and strides, and the int8_matmul entry points with
+and without the library."""
 
 from __future__ import annotations
 
@@ -123,3 +124,69 @@ def test_int8_products_are_the_same_without_the_library(rows_kernel, monkeypatch
     torch.testing.assert_close(compiled[0], plain[0], rtol=1e-6, atol=1e-6)  # the bias: one rounding or two
     torch.testing.assert_close(compiled[1][0], plain[1][0], rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(compiled[1][1], plain[1][1], rtol=2e-6, atol=0)
+
+
+def torch_rms_norm(x, weight, eps, residual=None):
+    """VideoMamba's RMSNorm of the residual stream (videomamba.RMSNorm before its cast), in fp32."""
+    v = x.float() if residual is None else residual + x
+    return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * weight.float(), v
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, d", [(1, 5), (7, 8), (40, 579)])
+def test_rms_norm_of_the_residual_sum_matches_torch(rows_kernel, x_dtype, out_dtype, rows, d):
+    torch.manual_seed(rows * d)
+    wide = (torch.randn(rows, d + 3) * 4).to(x_dtype)
+    x = wide[:, 1 : 1 + d]  # a row stride larger than the row
+    weight = torch.randn(d).to(torch.bfloat16)
+    residual = torch.randn(rows, d) * 2
+    for given in (None, residual):
+        out, total = rows_cpu.rms_norm(x, weight, 1e-5, given, out_dtype, keep_sum=True)
+        ref, ref_total = torch_rms_norm(x, weight, 1e-5, given)
+        assert out.dtype == out_dtype and out.shape == x.shape and out.is_contiguous()
+        assert torch.equal(total, ref_total)  # the residual stream is the exact fp32 sum
+        if out_dtype == torch.float32:  # only the mean's order of summation differs
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        else:  # rounded once from fp32: at most one bf16 step (two where that order moves a tie)
+            assert float(((out.float() - ref) / ref.abs().clamp_min(1e-3)).abs().max()) <= 2**-7
+        assert rows_cpu.rms_norm(x, weight, 1e-5, given, out_dtype)[1] is None
+
+
+def test_rms_norm_rows_of_zeros_and_a_nan(rows_kernel):
+    x = torch.zeros(3, 16)
+    x[2, 4] = float("nan")
+    out, _ = rows_cpu.rms_norm(x, torch.ones(16), 1e-6, out_dtype=torch.bfloat16)
+    assert torch.equal(out[:2].float(), torch.zeros(2, 16))  # 0 · 1/sqrt(eps), not NaN
+    assert out[2].float().isnan().all()  # a NaN poisons its row, as torch's mean does
+
+
+@pytest.mark.parametrize("rows, n", [(1, 3), (5, 16), (33, 250), (64, 3072)])
+def test_quick_gelu_bf16_rounds_once(rows_kernel, rows, n):
+    torch.manual_seed(n)
+    wide = (torch.randn(rows, n + 4) * 5).to(torch.bfloat16)
+    wide[0, :3] = torch.tensor([-120.0, 95.0, 0.0])[:n]
+    y = wide[:, 2 : 2 + n]
+    outside = torch.cat([wide[:, :2], wide[:, 2 + n :]], dim=1).clone()
+    v = y.float()
+    once = (v * torch.sigmoid(1.702 * v)).to(torch.bfloat16)
+    stock = y * torch.sigmoid(1.702 * y)  # transformers' three bf16 ops
+    out = rows_cpu.quick_gelu_bf16_(y)
+    assert out.data_ptr() == y.data_ptr()  # in place
+    steps = (out.float() - once.float()).abs() / once.float().abs().clamp_min(1e-30)
+    assert float(steps.max()) <= 2**-8 and float((out != once).float().mean()) < 1e-3  # nearly all exactly once
+    assert float((out.float() - stock.float()).abs().max()) <= 2**-6 * float(stock.float().abs().max())
+    assert torch.equal(torch.cat([wide[:, :2], wide[:, 2 + n :]], dim=1), outside)  # outside the view untouched
+
+
+def test_row_passes_refuse_what_they_cannot_read(rows_kernel):
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        rows_cpu.rms_norm(torch.randn(4, 8).half(), torch.ones(8), 1e-5)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        rows_cpu.rms_norm(torch.randn(8, 4).t(), torch.ones(8), 1e-5)  # columns, not rows
+    with pytest.raises(ValueError, match="residual"):
+        rows_cpu.rms_norm(torch.randn(4, 8), torch.ones(8), 1e-5, residual=torch.randn(4, 8).bfloat16())
+    with pytest.raises(ValueError, match="weight"):
+        rows_cpu.rms_norm(torch.randn(4, 8), torch.ones(7), 1e-5)
+    with pytest.raises(ValueError, match="bf16"):
+        rows_cpu.quick_gelu_bf16_(torch.randn(4, 8))

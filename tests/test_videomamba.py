@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mobilevideogpt.engine import rows_cpu
 from mobilevideogpt.model.mamba import Mamba
 from mobilevideogpt.model.scan import BACKEND_ENV, selective_scan_ref
 from mobilevideogpt.model.videomamba import VideoMamba, VideoMambaConfig
@@ -171,6 +172,28 @@ def test_half_precision_forward(tiny, dtype):
     assert torch.isfinite(out.float()).all()
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < (5e-2 if dtype == torch.bfloat16 else 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocks_add_and_norm_in_one_compiled_pass_at_inference(tiny, dtype, rows_kernel, monkeypatch):
+    x = clip(seed=5)
+    model = VideoMamba(tiny.config).eval()
+    model.load_state_dict(tiny.state_dict())
+    model.to(dtype)
+    passes = []
+    kernel = rows_cpu.rms_norm
+    monkeypatch.setattr(rows_cpu, "rms_norm", lambda *a, **k: passes.append(a[0].dtype) or kernel(*a, **k))
+    with torch.inference_mode():
+        fused = model(x.to(dtype))
+    assert passes == [dtype] * (tiny.config.depth + 1)  # every block's add + norm and the final one
+    model(x.to(dtype)).float().sum().backward()  # with gradients: torch's ops (the compiled pass has no backward)
+    assert len(passes) == tiny.config.depth + 1 and model.norm.weight.grad is not None
+    monkeypatch.setattr(rows_cpu, "load_kernel", lambda: None)
+    with torch.inference_mode():
+        stock = model(x.to(dtype))
+    assert fused.dtype == stock.dtype == dtype
+    rel = float((fused.float() - stock.float()).norm() / stock.float().norm())
+    assert rel < (1e-5 if dtype == torch.float32 else 2e-2)  # the mean's summation order; bf16 steps compound
 
 
 def test_gradients_and_checkpointing_agree():

@@ -6,7 +6,8 @@ quick_gelu compiled (`rows_cpu.quick_gelu_`).
   57 → 52 ms int8 x int8). q_proj / k_proj / v_proj stay (what reads them, e.g. the [CLS] scores of a visual-token
   budget, still works); at fp32 their weights are views of the merged one, so no memory is added.
 - `QuickGeluMLP`: transformers computes quick_gelu(v) = v * sigmoid(1.702 v) in three passes over (tokens x 3072)
-  matrices, each into a new 39 MB tensor for 16 frames; here it is one pass in place. With int8 x int8 layers
+  matrices, each into a new 39 MB tensor for 16 frames; here it is one pass in place (in bf16 too, rounded once:
+  `rows_cpu.quick_gelu_bf16_`). With int8 x int8 layers
   (`--quantize w8a8`) that pass also scales fc1's product back per row, adds fc1's bias and normalises the rows for
   fc2's int8 product, which the unfused layers do in three more passes (one MLP: 156 → 145 ms on those cores).
 
@@ -83,8 +84,14 @@ class QuickGeluMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        fp32 = all(p.dtype == torch.float32 for p in self.parameters())
-        if _needs_grad(self, x) or not fp32 or not rows_cpu.available(flat):
+        dtypes = {p.dtype for p in self.parameters()}
+        if dtypes == {torch.bfloat16} and x.dtype == torch.bfloat16 and not self.int8 and not _needs_grad(self, x):
+            hidden = self.fc1(flat)
+            if rows_cpu.takes_rows(hidden) and rows_cpu.load_kernel() is not None:
+                out = self.fc2(rows_cpu.quick_gelu_bf16_(hidden))
+                return out.reshape(*x.shape[:-1], out.shape[-1])
+            return self.fc2(self.activation_fn(hidden)).reshape(*x.shape[:-1], -1)
+        if _needs_grad(self, x) or dtypes != {torch.float32} or not rows_cpu.available(flat):
             return self.fc2(self.activation_fn(self.fc1(x)))
         if self.int8:
             normalized, row_max = int8_matmul.normalize_rows(flat)

@@ -1,13 +1,14 @@
 """Compiled row-wise passes of the CPU's int8 x int8 prefills (``int8_matmul.py``): per-row normalisation of the
 activations, the row scale (+ bias) on the product, the gated MLP's silu(gate) * up fused with the normalisation of
-its result, and CLIP's quick_gelu fused with the scale before it and the normalisation after it.
+its result, and CLIP's quick_gelu fused with the scale before it and the normalisation after it. For bf16 / fp32
+inference: RMSNorm with the residual add before it (`rms_norm`) and CLIP's quick_gelu on bf16 (`quick_gelu_bf16_`).
 
 ``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
 expressions in ``int8_matmul.py`` and transformers' activations compute (the same divisions, products and sums; the
 exponential of silu and quick_gelu within ~1 ulp), in one or two passes over each row instead of up to five.
 ``load_kernel()`` returns ``None`` where the library cannot be built or safely loaded here (the reason is in
 ``build_error()``); the callers then use those PyTorch expressions.
-All tensors are fp32 on the CPU with unit stride along a row.
+All tensors are on the CPU with unit stride along a row; fp32 unless a function says otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Kernels(NamedTuple):
     silu_mul: Callable[..., int]
     scale_add: Callable[..., int]
     quick_gelu: Callable[..., int]
+    rms_norm: Callable[..., int]
+    quick_gelu_bf16: Callable[..., int]
 
 
 def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]:
@@ -41,16 +44,19 @@ def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]
 
 
 def _build() -> Kernels:
-    lib = native.build_library(SOURCE, "rows_cpu", "int8 row kernels")
+    lib = native.build_library(SOURCE, "rows_cpu", "row kernels")
     return Kernels(
         _function(lib, "mvg_rows_normalize", [_ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
         _function(lib, "mvg_silu_mul", [_ptr_t, _i64, _ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _ptr_t, _int]),
         _function(lib, "mvg_rows_scale_add", [_ptr_t, _i64, _i64, _i64, _ptr_t, _ptr_t, _int]),
         _function(lib, "mvg_quick_gelu", [_ptr_t, _i64, _i64, _i64, _ptr_t, _ptr_t, _ptr_t, _int]),
+        _function(lib, "mvg_rms_norm", [_ptr_t, _int, _i64, _ptr_t, _ptr_t, _ptr_t, ctypes.c_float, _i64, _i64, _ptr_t,
+                                        _int, _int]),
+        _function(lib, "mvg_quick_gelu_bf16", [_ptr_t, _i64, _i64, _i64, _int]),
     )
 
 
-KERNEL = native.LazyKernel(_build, "compiled int8 row kernels unavailable, using PyTorch")
+KERNEL = native.LazyKernel(_build, "compiled row kernels unavailable, using PyTorch")
 
 
 def load_kernel() -> Optional[Kernels]:
@@ -78,7 +84,7 @@ def available(*tensors: torch.Tensor) -> bool:
 def _kernels() -> Kernels:
     kernels = load_kernel()
     if kernels is None:
-        raise RuntimeError(f"the compiled int8 row kernels are unavailable: {build_error()}")
+        raise RuntimeError(f"the compiled row kernels are unavailable: {build_error()}")
     return kernels
 
 
@@ -150,3 +156,78 @@ def quick_gelu_(
                                None if out_max is None else out_max.data_ptr(), torch.get_num_threads())  # fmt: skip
     _check(rc, "quick_gelu")
     return y, out_max
+
+
+ROW_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def takes_rows(x: torch.Tensor) -> bool:
+    """Whether `rms_norm` and (bf16) `quick_gelu_bf16_` can read `x` in place: an fp32 or bf16 CPU tensor whose rows
+    (its last dimension) have unit stride and follow each other at one stride."""
+    if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.dim() < 1 or x.shape[-1] < 1 or x.stride(-1) != 1:
+        return False
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    return rows.data_ptr() == x.data_ptr() and (rows.shape[0] <= 1 or rows.stride(0) >= x.shape[-1])
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+
+
+def _row_stride(rows: torch.Tensor) -> int:
+    """The distance between rows (a single row's stride may be anything: then its width)."""
+    return rows.stride(0) if rows.shape[0] > 1 else rows.shape[1]
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    keep_sum: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm of v = x (+ residual), times `weight`, as VideoMamba's and Qwen2's RMSNorms compute it: v in fp32,
+    v * (1 / sqrt(mean(v²) + eps)) * weight, returned in `out_dtype` (default: x's dtype). x (..., d) fp32 or bf16
+    (`takes_rows`), residual fp32 of x's shape, weight (d,) of any float dtype (its values widened to fp32).
+    Returns (normalised, v as a new fp32 tensor if `keep_sum`, else None)."""
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    d = x.shape[-1]
+    if not takes_rows(x) or out_dtype not in ROW_DTYPES:
+        raise ValueError(
+            f"x must be an fp32 or bf16 CPU tensor with unit-stride rows, got {x.dtype} {tuple(x.stride())}"
+        )
+    if residual is not None and (
+        residual.dtype != torch.float32 or residual.shape != x.shape or not residual.is_contiguous()
+    ):
+        raise ValueError(
+            f"residual must be a contiguous fp32 tensor of x's shape {tuple(x.shape)}, got "
+            f"{residual.dtype} {tuple(residual.shape)}"
+        )
+    if weight.shape != (d,):
+        raise ValueError(f"weight must be ({d},), got {tuple(weight.shape)}")
+    rows = _as_rows(x)
+    w = weight.detach().to(torch.float32).contiguous()
+    out = torch.empty(x.shape, dtype=out_dtype)
+    total = torch.empty(x.shape, dtype=torch.float32) if keep_sum else None
+    rc = _kernels().rms_norm(
+        rows.data_ptr(), int(x.dtype == torch.bfloat16), _row_stride(rows),
+        None if residual is None else residual.data_ptr(), None if total is None else total.data_ptr(),
+        w.data_ptr(), float(eps), rows.shape[0], d, out.data_ptr(), int(out_dtype == torch.bfloat16),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    _check(rc, "RMSNorm")
+    return out, total
+
+
+def quick_gelu_bf16_(y: torch.Tensor) -> torch.Tensor:
+    """In place: y = quick_gelu(y) = y * sigmoid(1.702 y) for a bf16 y (`takes_rows`), computed in fp32 and rounded
+    to bf16 once (torch's three bf16 ops round after each); returns y."""
+    if y.dtype != torch.bfloat16 or not takes_rows(y):
+        raise ValueError(f"y must be a bf16 CPU tensor with unit-stride rows, got {y.dtype} {tuple(y.stride())}")
+    rows = _as_rows(y)
+    rc = _kernels().quick_gelu_bf16(
+        rows.data_ptr(), rows.shape[0], rows.shape[1], _row_stride(rows), torch.get_num_threads()
+    )
+    _check(rc, "bf16 quick_gelu")
+    return y

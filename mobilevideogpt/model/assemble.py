@@ -248,13 +248,15 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
     and VideoMamba's x_proj / dt_proj, a few percent of the work, keep theirs) and the prefill multiplies int8 by
     int8. On the CPU the decode-step attention runs packed and a prompt's first prefill attends in the dtype of its
     products (`decoding.use_packed_attention`), CLIP's layers compute q, k and v in one product and quick_gelu in one
-    compiled pass (`clip_cpu.fuse_clip_layers`, before the int8 conversion), and large freed blocks stay in the C
-    heap for reuse (`runtime.reuse_freed_memory`).
+    compiled pass (`clip_cpu.fuse_clip_layers`, before the int8 conversion), the LLM's RMSNorms are one compiled
+    pass each (`norm_cpu.compile_rms_norms`), and large freed blocks stay in the C heap for reuse
+    (`runtime.reuse_freed_memory`).
     """
     from ..engine.clip_cpu import fuse_clip_layers
     from ..engine.decoding import use_packed_attention
     from ..engine.int8_matmul import int8_linears
     from ..engine.lowp import pack_language_model
+    from ..engine.norm_cpu import compile_rms_norms
 
     vision = vision_modules(model)
     if plan.llm_weights is None:
@@ -275,6 +277,7 @@ def place_for_inference(model: torch.nn.Module, plan: InferencePlan) -> torch.nn
             int8_linears(tower, WEIGHTS_READ_DIRECTLY)
     if plan.device.type == "cpu":
         use_packed_attention(model, plan.llm_matmul_dtype)
+        compile_rms_norms(model.model)
         reuse_freed_memory()
     return model.eval()
 
