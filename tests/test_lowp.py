@@ -147,11 +147,13 @@ def test_a_bf16_prefill_mlp_stays_in_bf16_from_gate_and_up_to_down():
 
     with torch.inference_mode():
         xb = x.bfloat16()
-        expected = F.linear(F.silu(F.linear(xb, gate.weight)) * F.linear(xb, up.weight), down.weight).float()
+        g, u = F.linear(xb, gate.weight).float(), F.linear(xb, up.weight).float()
+        once = F.linear((F.silu(g) * u).bfloat16(), down.weight).float()  # silu(gate) * up rounded once
         with Outputs():
             out = fused(x)
     assert out.dtype == torch.float32 and out.shape == x.shape
-    assert torch.equal(out, expected)
+    # An activation may land one bf16 step from rounding once (exp's last bit): a few of down's input steps.
+    torch.testing.assert_close(out, once, rtol=0, atol=2**-7 * float(once.abs().max()))
     assert wide and set(wide) == {torch.bfloat16}
 
 

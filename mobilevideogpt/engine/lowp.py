@@ -153,7 +153,9 @@ class PrefillMLP(nn.Module):
         gate, up = self.gate_proj.product(x), self.up_proj.product(x)
         if rows_cpu.available(gate, up):
             act = rows_cpu.silu_mul(gate, up, normalize=False)[0]
-        else:  # bf16 (a compiled bf16 pass was no faster on that Xeon), or no compiled kernel
+        elif gate.dtype == up.dtype == torch.bfloat16 and rows_cpu.load_kernel() is not None:
+            act = rows_cpu.silu_mul_bf16_(gate, up)  # rounded once, not after silu and again after the product
+        else:
             act = F.silu(gate, inplace=True).mul_(up)
         return self.down_proj.product(act)
 

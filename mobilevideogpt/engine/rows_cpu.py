@@ -1,7 +1,8 @@
 """Compiled row-wise passes of the CPU's int8 x int8 prefills (``int8_matmul.py``): per-row normalisation of the
 activations, the row scale (+ bias) on the product, the gated MLP's silu(gate) * up fused with the normalisation of
 its result, and CLIP's quick_gelu fused with the scale before it and the normalisation after it. For bf16 / fp32
-inference: RMSNorm with the residual add before it (`rms_norm`) and CLIP's quick_gelu on bf16 (`quick_gelu_bf16_`).
+inference: RMSNorm with the residual add before it (`rms_norm`), and on bf16 CLIP's quick_gelu (`quick_gelu_bf16_`)
+and the gated MLP's silu(gate) * up (`silu_mul_bf16_`).
 
 ``csrc/rows_cpu.cpp``, built and verified by ``native`` like the other kernels, computes exactly what the PyTorch
 expressions in ``int8_matmul.py`` and transformers' activations compute (the same divisions, products and sums; the
@@ -35,6 +36,7 @@ class Kernels(NamedTuple):
     quick_gelu: Callable[..., int]
     rms_norm: Callable[..., int]
     quick_gelu_bf16: Callable[..., int]
+    silu_mul_bf16: Callable[..., int]
 
 
 def _function(lib: ctypes.CDLL, name: str, argtypes: list) -> Callable[..., int]:
@@ -53,6 +55,7 @@ def _build() -> Kernels:
         _function(lib, "mvg_rms_norm", [_ptr_t, _int, _i64, _ptr_t, _ptr_t, _ptr_t, ctypes.c_float, _i64, _i64, _ptr_t,
                                         _int, _int]),
         _function(lib, "mvg_quick_gelu_bf16", [_ptr_t, _i64, _i64, _i64, _int]),
+        _function(lib, "mvg_silu_mul_bf16", [_ptr_t, _i64, _ptr_t, _i64, _i64, _i64, _ptr_t, _i64, _int]),
     )
 
 
@@ -231,3 +234,22 @@ def quick_gelu_bf16_(y: torch.Tensor) -> torch.Tensor:
     )
     _check(rc, "bf16 quick_gelu")
     return y
+
+
+def silu_mul_bf16_(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """In place into gate: silu(gate) * up for bf16 (rows, k) matrices with unit-stride rows (they may be the two
+    halves of one matrix), computed in fp32 and rounded to bf16 once (torch's silu_ and mul_ round after each);
+    returns gate."""
+    for t in (gate, up):
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.device.type != "cpu" or t.stride(1) != 1:
+            raise ValueError(f"gate and up must be bf16 CPU matrices with unit-stride rows, got {t.dtype} "
+                             f"{tuple(t.shape)} {tuple(t.stride())}")  # fmt: skip
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
+    rows, k = gate.shape
+    rc = _kernels().silu_mul_bf16(
+        gate.data_ptr(), _row_stride(gate), up.data_ptr(), _row_stride(up), rows, k, gate.data_ptr(),
+        _row_stride(gate), torch.get_num_threads(),
+    )  # fmt: skip
+    _check(rc, "bf16 silu(gate) * up")
+    return gate

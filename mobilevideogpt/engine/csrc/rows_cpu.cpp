@@ -13,7 +13,8 @@
 //
 // Two passes of bf16 / fp32 inference, where torch spends several passes (and tensors) on one row-wise formula:
 // RMSNorm with the residual add before it (VideoMamba's blocks, as mamba's fused add + norm; Qwen2's norms), and
-// CLIP's quick_gelu on bf16 activations, rounded to bf16 once instead of after each of torch's three ops.
+// CLIP's quick_gelu and the gated MLP's silu(gate) * up on bf16 activations, rounded to bf16 once instead of after
+// each of torch's ops.
 
 #include <algorithm>
 #include <atomic>
@@ -249,9 +250,10 @@ void rms_norm_rows(const void* x, int64_t x_stride, const float* residual, float
 }
 
 #if defined(__AVX512F__)
-// 16 lanes: e^t as 2^(t·log2 e) with scalef (any k, no clamp needed), the quotient as a reciprocal estimate and one
+// 16 lanes: e^t as 2^(t·log2 e) with scalef (no lower clamp needed), the quotient as a reciprocal estimate and one
 // Newton step (relative error ~1e-7, far below bf16's 4e-3): a division per 16 values is what bound the AVX2 loop.
 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.37626f));  // finite, so that the Newton step below never meets inf · 0
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
@@ -307,7 +309,47 @@ void quick_gelu_bf16_row(uint16_t* v, int64_t k) {
   }
 }
 
+// out = silu(g) * u for bf16 rows, in fp32 and rounded once (torch's silu_ then mul_ round after each).
+void silu_mul_bf16_row(const uint16_t* g, const uint16_t* u, int64_t k, uint16_t* out) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512 one16 = _mm512_set1_ps(1.0f), two16 = _mm512_set1_ps(2.0f), sign16 = _mm512_set1_ps(-0.0f);
+  for (; j + 16 <= k; j += 16) {
+    const __m512 x = load_bf16x16(g + j);
+    const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_xor_ps(x, sign16)));
+    __m512 s = _mm512_rcp14_ps(d);
+    s = _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, two16));
+    store_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(x, s), load_bf16x16(u + j)));
+  }
+#endif
+#if defined(MVG_ROWS_AVX2)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (; j + 8 <= k; j += 8) {
+    const __m256 x = load_bf16x8(g + j);
+    const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(x, sign))));
+    store_bf16x8(out + j, _mm256_mul_ps(s, load_bf16x8(u + j)));
+  }
+#endif
+  for (; j < k; ++j) {
+    const float x = bf16_to_float(g[j]);
+    out[j] = float_to_bf16(x / (1.0f + std::exp(-x)) * bf16_to_float(u[j]));
+  }
+}
+
 }  // namespace
+
+// out (rows, k) bf16 = silu(gate) * up, computed in fp32 and rounded once (gate, up: bf16 with row strides
+// gate_stride, up_stride; out contiguous rows of out_stride, and may be gate itself). Returns 0, or 1 on bad sizes.
+extern "C" int mvg_silu_mul_bf16(const uint16_t* gate, int64_t gate_stride, const uint16_t* up, int64_t up_stride,
+                                 int64_t rows, int64_t k, uint16_t* out, int64_t out_stride, int num_threads) {
+  if (rows < 0 || k < 1 || gate_stride < k || up_stride < k || out_stride < k) return 1;
+  run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      silu_mul_bf16_row(gate + r * gate_stride, up + r * up_stride, k, out + r * out_stride);
+  });
+  return 0;
+}
 
 // out (rows, d) = RMSNorm(x (+ residual)) · w: x (rows, d) fp32 or bf16 (x_bf16) with row stride x_stride,
 // residual (rows, d) fp32 contiguous or null, w (d,) fp32, out contiguous fp32 or bf16 (out_bf16). With sum_out
