@@ -251,9 +251,10 @@ void rms_norm_rows(const void* x, int64_t x_stride, const float* residual, float
 
 #if defined(__AVX512F__)
 // 16 lanes: e^t as 2^(t·log2 e) with scalef (no lower clamp needed), the quotient as a reciprocal estimate and one
-// Newton step (relative error ~1e-7, far below bf16's 4e-3): a division per 16 values is what bound the AVX2 loop.
+// Newton step (relative error ~1e-7, far below bf16's 4e-3). CLIP's 3152 x 3072 bf16 quick_gelu on 2 cores of a Xeon
+// with AMX-bf16: 9.1 ms with the AVX2 loop (a division per 8 values), 6.7 ms with this one, ~9 ms in torch's 3 ops.
 inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.37626f));  // finite, so that the Newton step below never meets inf · 0
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.37626f));  // finite: reciprocal_avx512's Newton step never meets inf · 0
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
   const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
@@ -266,6 +267,11 @@ inline __m512 exp_avx512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(y, k);
+}
+
+inline __m512 reciprocal_avx512(__m512 d) {
+  const __m512 s = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, _mm512_set1_ps(2.0f)));
 }
 
 inline __m512 load_bf16x16(const uint16_t* p) {
@@ -285,13 +291,11 @@ inline void store_bf16x16(uint16_t* p, __m512 v) {
 void quick_gelu_bf16_row(uint16_t* v, int64_t k) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  const __m512 one16 = _mm512_set1_ps(1.0f), two16 = _mm512_set1_ps(2.0f);
+  const __m512 one16 = _mm512_set1_ps(1.0f);
   for (; j + 16 <= k; j += 16) {
     const __m512 x = load_bf16x16(v + j);
     const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f))));
-    __m512 s = _mm512_rcp14_ps(d);
-    s = _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, two16));
-    store_bf16x16(v + j, _mm512_mul_ps(x, s));
+    store_bf16x16(v + j, _mm512_mul_ps(x, reciprocal_avx512(d)));
   }
 #endif
 #if defined(MVG_ROWS_AVX2)
@@ -313,13 +317,11 @@ void quick_gelu_bf16_row(uint16_t* v, int64_t k) {
 void silu_mul_bf16_row(const uint16_t* g, const uint16_t* u, int64_t k, uint16_t* out) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  const __m512 one16 = _mm512_set1_ps(1.0f), two16 = _mm512_set1_ps(2.0f), sign16 = _mm512_set1_ps(-0.0f);
+  const __m512 one16 = _mm512_set1_ps(1.0f), sign16 = _mm512_set1_ps(-0.0f);
   for (; j + 16 <= k; j += 16) {
     const __m512 x = load_bf16x16(g + j);
     const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_xor_ps(x, sign16)));
-    __m512 s = _mm512_rcp14_ps(d);
-    s = _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, two16));
-    store_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(x, s), load_bf16x16(u + j)));
+    store_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(x, reciprocal_avx512(d)), load_bf16x16(u + j)));
   }
 #endif
 #if defined(MVG_ROWS_AVX2)
