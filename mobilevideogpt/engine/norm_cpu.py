@@ -22,6 +22,7 @@ class CompiledRMSNorm(Qwen2RMSNorm):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fast = (
             hidden_states.dtype == torch.float32 and self.weight.dtype == torch.float32
+            and self.weight.shape == hidden_states.shape[-1:]
             and not (torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad))
             and rows_cpu.takes_rows(hidden_states) and rows_cpu.load_kernel() is not None
         )  # fmt: skip

@@ -85,8 +85,7 @@ def add_norm(
     norm) instead of torch's add, widening and five norm ops: 32 full-size blocks over 8 frames on 2 cores of a Xeon
     with AMX-bf16 took 76 ms of VideoMamba's 0.78 s in those ops."""
     if _fused_add_norm(norm, hidden, residual, drop_path, residual_in_fp32):
-        normed, total = rows_cpu.rms_norm(hidden, norm.weight, norm.eps, residual, norm.weight.dtype, keep_sum=True)
-        return normed, total
+        return rows_cpu.rms_norm(hidden, norm.weight, norm.eps, residual, norm.weight.dtype, keep_sum=True)
     residual = hidden if residual is None else residual + drop_path(hidden)
     if residual_in_fp32:
         residual = residual.float()
@@ -100,10 +99,12 @@ def _fused_add_norm(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     identity = not (drop_path.training and drop_path.p > 0)
+    # A weight ZeRO-3 has partitioned away is gathered by the norm module's own forward hooks: take that path.
+    whole = norm.weight.shape == hidden.shape[-1:]
     fp32_stream = residual is None or (residual.dtype == torch.float32 and residual.shape == hidden.shape
                                        and residual.is_contiguous())  # fmt: skip
     return (
-        identity and residual_in_fp32 and fp32_stream and norm.weight.dtype in rows_cpu.ROW_DTYPES
+        identity and whole and residual_in_fp32 and fp32_stream and norm.weight.dtype in rows_cpu.ROW_DTYPES
         and rows_cpu.takes_rows(hidden) and rows_cpu.load_kernel() is not None
     )  # fmt: skip
 
