@@ -58,12 +58,7 @@ struct Problem {
   int64_t chunk;  // output rows per work item
 };
 
-inline float bf16_to_f32(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+#include "bf16.h"
 
 // bf16 weights are widened one register of kBlock at a time with one shift (even elements) and one mask (odd
 // elements) of a 32-bit view, so x is permuted to match once per call: within each block of kBlock, the even
@@ -108,7 +103,7 @@ void dot_bf16(const float* x, int64_t xs, const uint16_t* w, int64_t k, float* o
   }
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
   for (; j < k; ++j) {
-    const float wj = bf16_to_f32(w[j]);
+    const float wj = bf16_to_float(w[j]);
     for (int r = 0; r < R; ++r) out[r] += wj * x[r * xs + j];
   }
 }
@@ -159,7 +154,7 @@ void dot_bf16(const float* x, int64_t xs, const uint16_t* w, int64_t k, float* o
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
   for (; j < k; ++j) {
-    const float wj = bf16_to_f32(w[j]);
+    const float wj = bf16_to_float(w[j]);
     for (int r = 0; r < R; ++r) out[r] += wj * x[r * xs + j];
   }
 }
@@ -193,13 +188,13 @@ void dot_bf16(const float* x, int64_t xs, const uint16_t* w, int64_t k, float* o
   for (; j + 16 <= k; j += 16)
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < 8; ++i) {
-        acc[r][i] += bf16_to_f32(w[j + 2 * i]) * x[r * xs + j + i];
-        acc[r][8 + i] += bf16_to_f32(w[j + 2 * i + 1]) * x[r * xs + j + 8 + i];
+        acc[r][i] += bf16_to_float(w[j + 2 * i]) * x[r * xs + j + i];
+        acc[r][8 + i] += bf16_to_float(w[j + 2 * i + 1]) * x[r * xs + j + 8 + i];
       }
   for (int r = 0; r < R; ++r) {
     float s = 0.0f;
     for (int i = 0; i < 16; ++i) s += acc[r][i];
-    for (int64_t t = j; t < k; ++t) s += bf16_to_f32(w[t]) * x[r * xs + t];
+    for (int64_t t = j; t < k; ++t) s += bf16_to_float(w[t]) * x[r * xs + t];
     out[r] = s;
   }
 }

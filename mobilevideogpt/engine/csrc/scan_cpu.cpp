@@ -21,8 +21,8 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>  // also for bf16.h's vector forms
 #elif defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
@@ -174,22 +174,11 @@ inline float softplus_f(float v, const Limits& c) {
 
 inline float silu_f(float v, const Limits& c) { return v / (1.0f + exp_f(-v, c)); }
 
-// bf16 is the upper half of an fp32: widening is exact.
-inline float widen(float v) { return v; }
-inline float widen(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
+#include "bf16.h"
 
-// Round to nearest even, NaN kept quiet: bit for bit what torch's float -> bfloat16 conversion does.
-inline uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  return f != f ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(rounded);
-}
+// An element of either input type as fp32 (the templates pick the overload).
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) { return bf16_to_float(v); }
 
 // A (batch, channel, time) view with element strides: inputs are read in place, whatever their layout.
 struct View3 {
@@ -312,7 +301,7 @@ void store_tile_as(const OutView& o, int64_t b, int64_t d0, int64_t t0, int tt, 
   T* base = static_cast<T*>(o.p) + b * o.sb + d0 * o.sd + t0 * o.st;
   auto put = [](float v, T* dst) {
     if constexpr (std::is_same_v<T, uint16_t>)
-      *dst = to_bf16(v);
+      *dst = float_to_bf16(v);
     else
       *dst = v;
   };
@@ -462,7 +451,7 @@ void conv_steps_channel_major(const ConvProblem& p, int64_t b, int64_t t0, int64
     TO* o = static_cast<TO*>(p.out.p) + b * p.out.sb + t * p.out.st;
     for (int64_t d = 0; d < D; ++d) {
       if constexpr (std::is_same_v<TO, uint16_t>)
-        o[d] = to_bf16(acc[d]);
+        o[d] = float_to_bf16(acc[d]);
       else
         o[d] = acc[d];
     }
@@ -507,7 +496,7 @@ void conv_steps_channel_by_channel(const ConvProblem& p, int64_t b, int64_t t0, 
       for (int64_t t = t0; t < t1; ++t) acc[t - t0] = silu_f(acc[t - t0], p.lim);
     for (int64_t t = t0; t < t1; ++t) {
       if constexpr (std::is_same_v<TO, uint16_t>)
-        o[t * os] = to_bf16(acc[t - t0]);
+        o[t * os] = float_to_bf16(acc[t - t0]);
       else
         o[t * os] = acc[t - t0];
     }
