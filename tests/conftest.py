@@ -105,7 +105,7 @@ def linear_kernel():
 
 @pytest.fixture(scope="session")
 def rows_kernel():
-    """The compiled row passes of int8 prefills, built."""
+    """The compiled row passes (those of int8 prefills, and the bf16 / fp32 norms and activations), built."""
     from mobilevideogpt.engine import rows_cpu
 
     require_kernel(rows_cpu, "row kernels")

@@ -86,7 +86,6 @@ def test_concurrent_callers_get_their_own_results(linear_kernel, monkeypatch):
     assert failures == []
 
 
-
 def wait_for_child(pid: int, timeout_s: float = 120) -> int:
     """The exit code of forked child `pid`; the test fails (and the child is killed) if it has not ended in time."""
     deadline = time.monotonic() + timeout_s
@@ -97,6 +96,7 @@ def wait_for_child(pid: int, timeout_s: float = 120) -> int:
             pytest.fail("the forked child hung")
         time.sleep(0.05)
     return os.waitstatus_to_exitcode(done[1])
+
 
 def test_a_forked_child_computes_without_the_parents_threads(linear_kernel, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the kernel's own pool, in parent and child

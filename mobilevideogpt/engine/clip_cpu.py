@@ -85,12 +85,10 @@ class QuickGeluMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         dtypes = {p.dtype for p in self.parameters()}
-        if dtypes == {torch.bfloat16} and x.dtype == torch.bfloat16 and not self.int8 and not _needs_grad(self, x):
-            hidden = self.fc1(flat)
-            if rows_cpu.takes_rows(hidden) and rows_cpu.load_kernel() is not None:
-                out = self.fc2(rows_cpu.quick_gelu_bf16_(hidden))
-                return out.reshape(*x.shape[:-1], out.shape[-1])
-            return self.fc2(self.activation_fn(hidden)).reshape(*x.shape[:-1], -1)
+        bf16 = dtypes == {x.dtype} == {torch.bfloat16} and not self.int8
+        if bf16 and not _needs_grad(self, x) and rows_cpu.load_kernel() is not None:
+            out = self.fc2(rows_cpu.quick_gelu_bf16_(self.fc1(flat)))
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         if _needs_grad(self, x) or dtypes != {torch.float32} or not rows_cpu.available(flat):
             return self.fc2(self.activation_fn(self.fc1(x)))
         if self.int8:

@@ -21,10 +21,8 @@ class CompiledRMSNorm(Qwen2RMSNorm):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         fast = (
-            hidden_states.dtype == torch.float32 and self.weight.dtype == torch.float32
-            and self.weight.shape == hidden_states.shape[-1:]
-            and not (torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad))
-            and rows_cpu.takes_rows(hidden_states) and rows_cpu.load_kernel() is not None
+            hidden_states.dtype == self.weight.dtype == torch.float32 and self.weight.shape == hidden_states.shape[-1:]
+            and rows_cpu.stands_in(hidden_states, self.weight)
         )  # fmt: skip
         if not fast:
             return super().forward(hidden_states)

@@ -173,6 +173,14 @@ def takes_rows(x: torch.Tensor) -> bool:
     return rows.data_ptr() == x.data_ptr() and (rows.shape[0] <= 1 or rows.stride(0) >= x.shape[-1])
 
 
+def stands_in(*tensors: torch.Tensor) -> bool:
+    """Whether the bf16 / fp32 passes can replace torch's ops on these tensors at inference: none of them takes part
+    in autograd, `takes_rows` reads each, and the kernels run here."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(takes_rows(t) for t in tensors) and load_kernel() is not None
+
+
 def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
 
@@ -241,7 +249,7 @@ def silu_mul_bf16_(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     halves of one matrix), computed in fp32 and rounded to bf16 once (torch's silu_ and mul_ round after each);
     returns gate."""
     for t in (gate, up):
-        if t.dtype != torch.bfloat16 or t.dim() != 2 or t.device.type != "cpu" or t.stride(1) != 1:
+        if t.dtype != torch.bfloat16 or t.dim() != 2 or not takes_rows(t):
             raise ValueError(f"gate and up must be bf16 CPU matrices with unit-stride rows, got {t.dtype} "
                              f"{tuple(t.shape)} {tuple(t.stride())}")  # fmt: skip
     if gate.shape != up.shape:

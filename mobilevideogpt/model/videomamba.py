@@ -95,18 +95,13 @@ def add_norm(
 def _fused_add_norm(
     norm: RMSNorm, hidden: torch.Tensor, residual: torch.Tensor | None, drop_path: nn.Module, residual_in_fp32: bool
 ) -> bool:
-    tensors = [hidden, norm.weight] + ([] if residual is None else [residual])
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
     identity = not (drop_path.training and drop_path.p > 0)
     # A weight ZeRO-3 has partitioned away is gathered by the norm module's own forward hooks: take that path.
     whole = norm.weight.shape == hidden.shape[-1:]
     fp32_stream = residual is None or (residual.dtype == torch.float32 and residual.shape == hidden.shape
                                        and residual.is_contiguous())  # fmt: skip
-    return (
-        identity and whole and residual_in_fp32 and fp32_stream and norm.weight.dtype in rows_cpu.ROW_DTYPES
-        and rows_cpu.takes_rows(hidden) and rows_cpu.load_kernel() is not None
-    )  # fmt: skip
+    others = () if residual is None else (residual,)
+    return identity and whole and residual_in_fp32 and fp32_stream and rows_cpu.stands_in(hidden, norm.weight, *others)
 
 
 class DropPath(nn.Module):
