@@ -76,12 +76,20 @@ class CpuFeatures:
     isa: str  # the vector ISA torch dispatches to: torch.backends.cpu.get_cpu_capability() ("AVX2", "AVX512", ...)
     flags: frozenset[str]  # /proc/cpuinfo "flags" of the first CPU (empty where that file is not readable)
     model: str = ""  # /proc/cpuinfo "model name", e.g. "AMD EPYC 7B13" (empty where it does not say)
+    amx_tiles: bool = False  # AMX as torch's oneDNN sees it: the hardware, whatever $MVGPT_CPU_FEATURES hides
 
     @property
     def bf16_matmul(self) -> bool:
         """AMX-bf16 or AVX512-bf16: oneDNN multiplies bf16 matrices several times faster than fp32 (a (2460×896)
         by (896×4864) product measured ~4× on a Xeon with AMX). Without them bf16 is emulated and slower than fp32."""
         return any(flag in self.flags for flag in BF16_MATMUL_FLAGS)
+
+    @property
+    def bf16_attention(self) -> bool:
+        """Whether torch's CPU flash attention runs in bf16 here. With AMX it packs its blocks with AVX512 code, and
+        under a lower ATEN_CPU_CAPABILITY it raises instead ("pack_vnni2 is only supported when avx512 is supported";
+        torch 2.13 on a Xeon with AMX run as AVX2)."""
+        return self.isa == "AVX512" or not self.amx_tiles
 
     @property
     def vector_kernels(self) -> bool:
@@ -142,7 +150,8 @@ def cpu_features() -> CpuFeatures:
         text = ""
     flags = edit_flags(cpuinfo_flags(text), os.environ.get(CPU_FEATURES_ENV, ""))
     model = cpuinfo_value(text, ("model name",)) or ""
-    return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags, model)
+    amx = torch.cpu._is_amx_tile_supported()
+    return CpuFeatures(platform.machine(), torch.backends.cpu.get_cpu_capability(), flags, model, amx)
 
 
 @dataclass(frozen=True)
@@ -237,8 +246,11 @@ def plan_inference(
                 f"--quantize {quantize} computes in fp32; use --dtype auto or fp32, not {dtype_name(uniform)}"
             )
     int8_matmul = quantize == "w8a8"
-    # int8 x int8 replaces bf16 matrix units where a CPU has both: the plan asked for is the plan run.
-    fast = torch.bfloat16 if automatic and cpu_features().bf16_matmul and not int8_matmul else torch.float32
+    # int8 x int8 replaces bf16 matrix units where a CPU has both: the plan asked for is the plan run. bf16 also
+    # needs torch's bf16 attention (CLIP's, the prefill's) to run.
+    features = cpu_features()
+    bf16 = features.bf16_matmul and features.bf16_attention
+    fast = torch.bfloat16 if automatic and bf16 and not int8_matmul else torch.float32
     weights = "int8" if quantize else ("bf16" if automatic else None)
     if weights is not None:
         problem = _lowp_kernel_problem()

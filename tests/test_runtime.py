@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -35,7 +36,7 @@ def test_device_and_dtype_resolution():
 
 # ---------------------------------------------------------------- CPU capabilities and the inference plan
 
-XEON_AMX = CpuFeatures("x86_64", "AVX512", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}))
+XEON_AMX = CpuFeatures("x86_64", "AVX512", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}), "", True)
 EPYC_AVX2 = CpuFeatures("x86_64", "AVX2", frozenset({"avx2", "fma"}))
 ARM = CpuFeatures("aarch64", "DEFAULT", frozenset({"asimd"}))
 
@@ -54,6 +55,10 @@ def test_cpu_features_decide_bf16_and_the_kernel():
     assert not EPYC_AVX2.bf16_matmul and EPYC_AVX2.vector_kernels
     assert CpuFeatures("x86_64", "AVX512", frozenset({"avx512_bf16"})).bf16_matmul
     assert not ARM.bf16_matmul and not ARM.vector_kernels
+    # torch's bf16 attention runs under AVX512 kernels, or without AMX (whose block packing needs them).
+    assert XEON_AMX.bf16_attention and EPYC_AVX2.bf16_attention and ARM.bf16_attention
+    assert not dataclasses.replace(XEON_AMX, isa="AVX2").bf16_attention
+    assert cpu_features().amx_tiles == torch.cpu._is_amx_tile_supported()
 
 
 def plan_on(monkeypatch, features, kernel=True, **kwargs):
@@ -74,6 +79,10 @@ def test_auto_plan_per_cpu(monkeypatch):
     for plan in (plan_on(monkeypatch, ARM), plan_on(monkeypatch, EPYC_AVX2, kernel=False)):
         assert (plan.encoder_dtype, plan.llm_dtype, plan.llm_weights) == (torch.float32, torch.float32, None)
     assert plan_on(monkeypatch, XEON_AMX, kernel=False).encoder_dtype == torch.bfloat16
+    # A Xeon with AMX told to run torch's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2) gets the fp32 plan: there torch's
+    # bf16 attention raises.
+    forced = plan_on(monkeypatch, dataclasses.replace(XEON_AMX, isa="AVX2"))
+    assert (forced.encoder_dtype, forced.prefill_dtype, forced.llm_weights) == (torch.float32, torch.float32, "bf16")
 
 
 def test_explicit_dtype_and_int8(monkeypatch):

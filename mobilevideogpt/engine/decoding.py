@@ -178,10 +178,13 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 def use_packed_attention(model, prefill_dtype: torch.dtype | None = None) -> None:
     """Switch a transformers model that uses SDPA attention to `packed_sdpa_attention` (other choices are kept).
     With `prefill_dtype` a prompt's first prefill attends in that dtype (its products' dtype, e.g. bf16 on CPUs with
-    bf16 matrix units, while the hidden states stay fp32)."""
+    bf16 matrix units, while the hidden states stay fp32), where torch's attention runs in it
+    (`CpuFeatures.bf16_attention`; else at the hidden states' dtype)."""
     if model.config._attn_implementation != "sdpa":
         return
     model.set_attn_implementation(ATTENTION)
+    if prefill_dtype == torch.bfloat16 and not cpu_features().bf16_attention:
+        prefill_dtype = None
     if prefill_dtype is not None:
         for layer in model.model.layers:
             setattr(layer.self_attn, PREFILL_DTYPE, prefill_dtype)
