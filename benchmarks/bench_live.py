@@ -16,7 +16,9 @@ hits both alike:
 
 - frames → inputs: preprocessing, plus with the cache the CLIP features of the frames not seen before;
 - encoders: CLIP (uncached only), frame selection, VideoMamba, projectors, splice;
-- LLM: prefill and exactly --new-tokens greedy tokens, identical for both (run once per window).
+- LLM: prefill and exactly --new-tokens greedy tokens, identical for both (run once per window), and again with
+  the window before's answer as a draft (`VideoChat.answer(draft=)`, as `LiveSession` passes it; the same tokens,
+  asserted), the two in alternating order. The first full window has no window before.
 
 Real-time factor = (frames → inputs + encoders + LLM) / stride: at or below 1 the model keeps up with a live
 camera and answers every window. The tiny model is also run end to end through `LiveSession` with and
@@ -91,6 +93,7 @@ def breakdown(chat, video: Path, args) -> list[dict]:
     plan = WindowPlan.create(source.fps, args.window, args.stride, chat.num_frames)
     cache = FrameCache(chat.model.model.encode_clip_frames, chat.image_size)
     rows = []
+    previous: list[int] = []  # the window before's answer (none before the first full window)
     with open_stream(source, plan) as stream, torch.inference_mode():
         for window, frames in cut_windows(stream, plan):
             cache.release_before(window.start_frame)
@@ -102,13 +105,22 @@ def breakdown(chat, video: Path, args) -> list[dict]:
             order = (True, False) if len(rows) % 2 == 0 else (False, True)
             built = {use: _inputs_and_encode(use, chat, cache, ids, frames, window) for use in order}
             (inputs, prep_c, enc_c), (_, prep_u, enc_u) = built[True], built[False]
-            timings = chat.answer(inputs, LIVE_PROMPT, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens).timings
+            answers = {}
+            for drafted in (False, True) if len(rows) % 2 == 0 else (True, False):
+                chat.forget_video()  # each answer prefills the whole prompt, as a new window does
+                answers[drafted] = chat.answer(inputs, LIVE_PROMPT, max_new_tokens=args.new_tokens,
+                                               min_new_tokens=args.new_tokens, draft=previous if drafted else None)
+            assert answers[True].token_ids == answers[False].token_ids, "a draft changed the answer"
+            previous = answers[False].token_ids
+            llm = {d: a.timings.prefill_s + a.timings.decode_s for d, a in answers.items()}
             rows.append({
                 "prep_c": prep_c, "enc_c": enc_c, "prep_u": prep_u, "enc_u": enc_u,
-                "llm": timings.prefill_s + timings.decode_s, "reused": cache.hits - hits_before,
+                "llm": llm[False], "llm_draft": llm[True], "confirmed": answers[True].draft_accepted,
+                "tokens": len(previous), "reused": cache.hits - hits_before,
             })
             print(f"  window ending {window.end_s:.1f} s: cached {prep_c + enc_c:.3f} s, uncached {prep_u + enc_u:.3f} s, "
-                  f"LLM {rows[-1]['llm']:.3f} s", flush=True)
+                  f"LLM {llm[False]:.3f} s, with the last answer as a draft {llm[True]:.3f} s "
+                  f"({answers[True].draft_accepted} of {len(previous)} tokens confirmed)", flush=True)
             if len(rows) == args.windows:
                 break
     return rows
@@ -165,6 +177,9 @@ def print_table(results: list[dict], stride: float) -> None:
         saved = (r["prep_u"] + r["enc_u"]) - (r["prep_c"] + r["enc_c"])
         print(f"|  |  | saved by the cache | | | | {saved:.3f} s ({saved / (r['prep_u'] + r['enc_u'] + r['llm']):.0%}) "
               "| | |")
+        total = r["prep_c"] + r["enc_c"] + r["llm_draft"]
+        print(f"|  |  | on, the window before's answer as a draft | | | {r['llm_draft']:.3f} s | {total:.3f} s "
+              f"| {total / stride:.2f} | {r['confirmed']:.0f} of {r['tokens']:.0f} tokens confirmed |")
     for r in results:
         if "end_to_end" in r:
             cached, plain = (statistics.median(r["end_to_end"][c]) for c in (True, False))

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,6 +36,7 @@ from .constants import DEFAULT_SYSTEM_PROMPT, IMAGE_TOKEN_INDEX
 from .data.video import VideoInputs, load_video_inputs
 from .model.assemble import load_for_inference
 from .engine.decoding import GrowingLayer, new_cache
+from .engine.draft_decoding import greedy_decode
 from .model.splice import splice_visual_tokens
 from .model.token_budget import BudgetRequest
 from .processing import STOP_STRING, VideoTextProcessor
@@ -97,10 +98,13 @@ class ChatResult:
     frame_indices: list[int]
     timings: Timings
     generation: dict = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)  # the new tokens (a draft for the next answer, `answer`)
+    draft_accepted: int = 0  # of them, draft tokens confirmed in verification steps
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["timings"] = self.timings.to_dict()
+        del out["token_ids"], out["draft_accepted"]
         return out
 
 
@@ -358,12 +362,15 @@ class VideoChat:
         seed: int | None = None,
         system_prompt: str | None = None,
         on_text: Callable[[str], None] | None = None,
+        draft: Sequence[int] | None = None,
     ) -> ChatResult:
         """Answer `prompt` about `video` (a path, or frames from `load_video`).
 
         temperature 0 → greedy;
         > 0 → sampling with `top_p` (`seed` makes it repeatable). `on_text` receives the answer as it is
         generated, in readable pieces. Raises `VideoDecodeError` for an unreadable video.
+        `draft`: token ids the answer may repeat (e.g. the previous live window's `token_ids`); greedy answers check
+        them several at a time (`engine/draft_decoding.py`): the same answer, fewer passes over the weights.
         """
         generation = self.generation_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
         start = time.perf_counter()
@@ -383,7 +390,10 @@ class VideoChat:
             self._synchronize()
             encoded = time.perf_counter()
             generation = self._fit_positions(generation, spliced.inputs_embeds.shape[1])
-            new_ids, token_times = self._generate(spliced, cache, generation, on_text)
+            if draft and not generation["do_sample"]:
+                new_ids, token_times, accepted = self._generate_with_draft(spliced, cache, generation, on_text, draft)
+            else:
+                (new_ids, token_times), accepted = self._generate(spliced, cache, generation, on_text), 0
         finished = time.perf_counter()
 
         if self.keep_video:
@@ -405,7 +415,9 @@ class VideoChat:
             "top_p": top_p if temperature > 0 else None,
             "seed": seed,
         }
-        return self._result(question, prompt, new_ids, timings, settings)
+        result = self._result(question, prompt, new_ids, timings, settings)
+        result.draft_accepted = accepted
+        return result
 
     def _prepare(self, video: str | os.PathLike | VideoInputs, prompt: str, system_prompt: str | None) -> _Question:
         """The prompt's ids, and the video: served by the cached prefix of the last video, or decoded now."""
@@ -444,6 +456,26 @@ class VideoChat:
         )[0].tolist()
         return new_ids, streamer.token_times
 
+    def _generate_with_draft(
+        self, spliced, cache, generation: dict, on_text, draft: Sequence[int]
+    ) -> tuple[list[int], list[float], int]:
+        """`_generate` for greedy settings, checking `draft`; also how many draft tokens were confirmed."""
+        streamer = _TimedStreamer(self.tokenizer, on_text)
+        streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` passes it first
+        decoded = greedy_decode(
+            self.model,
+            spliced.inputs_embeds,
+            spliced.attention_mask,
+            cache,
+            draft=draft,
+            max_new_tokens=generation["max_new_tokens"],
+            min_new_tokens=generation["min_new_tokens"],
+            stop_ids=self.stop_token_ids,
+            on_token=lambda token: streamer.put(torch.tensor([token])),
+        )
+        streamer.end()
+        return decoded.tokens, streamer.token_times, decoded.accepted
+
     def _keep_prefix(self, question: _Question, visual: torch.Tensor, cache, system_prompt: str | None) -> None:
         """Keep the video's prompt prefix and its KV cache for the next question: the prefix that served this
         one, or this video's own when the prompt starts with the question-independent prefix."""
@@ -479,4 +511,5 @@ class VideoChat:
             frame_indices=question.frame_indices,
             timings=timings,
             generation=generation,
+            token_ids=list(new_ids),
         )

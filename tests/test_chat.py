@@ -167,3 +167,32 @@ def test_the_cache_keeps_to_its_system_prompt(mvgpt_fast_checkpoint, sample_data
     assert follow.text == fresh.answer(frames, FOLLOW_UP, system_prompt=coach, **tokens).text
     # The chat's own system prompt does not take that prefix (its tokens differ).
     assert chat.answer(frames, FOLLOW_UP, **tokens).timings.cached_tokens == 0
+
+
+def test_a_draft_gives_the_same_answer_in_fewer_passes(mvgpt_fast_checkpoint, sample_dataset_dir):
+    video = sample_dataset_dir / GUIDE_VIDEO
+    chat = VideoChat.from_pretrained(mvgpt_fast_checkpoint, device="cpu")
+    tokens = {"max_new_tokens": 9, "min_new_tokens": 9}
+    plain = chat.answer(video, GUIDE_PROMPT, **tokens)
+    assert len(plain.token_ids) == plain.num_new_tokens == 9 and plain.draft_accepted == 0
+    assert "token_ids" not in plain.to_dict()
+
+    passes = []
+    handle = chat.model.lm_head.register_forward_hook(lambda module, inputs, output: passes.append(output.shape[1]))
+    pieces: list[str] = []
+    try:
+        chat.forget_video()
+        fresh = chat.answer(video, GUIDE_PROMPT, **tokens, draft=plain.token_ids, on_text=pieces.append)
+        # Served from the kept prefix, a follow-up checks the draft the same way.
+        follow = chat.answer(video, GUIDE_PROMPT, **tokens, draft=plain.token_ids[2:])
+    finally:
+        handle.remove()
+    assert fresh.token_ids == plain.token_ids and fresh.text == plain.text == "".join(pieces).strip()
+    assert follow.token_ids == plain.token_ids and follow.timings.cached_tokens > 0
+    # 1 prompt pass + 2 passes of 4 rows instead of 9 passes; every draft token after the first confirmed.
+    assert passes[:3] == [1, 4, 4] and fresh.draft_accepted == 6
+    assert fresh.timings.new_tokens == 9 and fresh.timings.decode_s > 0
+
+    sampled = chat.answer(video, GUIDE_PROMPT, max_new_tokens=5, temperature=1.5, seed=3, draft=plain.token_ids)
+    again = chat.answer(video, GUIDE_PROMPT, max_new_tokens=5, temperature=1.5, seed=3)
+    assert sampled.token_ids == again.token_ids and sampled.draft_accepted == 0  # sampling ignores drafts

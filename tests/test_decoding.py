@@ -84,6 +84,23 @@ def test_packed_attention_equals_sdpa_for_one_query():
     )
 
 
+def test_packed_attention_equals_sdpa_for_a_few_masked_queries():
+    class Module:
+        num_key_value_groups = 4
+        is_causal = True
+
+    # A verification step: 3 new queries at positions 30-32 of 33, batch 2, the second sequence's first key padded.
+    query = torch.randn(2, 8, 3, 16)
+    key, value = torch.randn(2, 2, 33, 16), torch.randn(2, 2, 33, 16)
+    mask = torch.ones(2, 1, 3, 33, dtype=torch.bool).tril(30)
+    mask[1, :, :, 0] = False
+    for m in (mask, torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))):
+        packed, _ = packed_sdpa_attention(Module(), query, key, value, m, scaling=0.25)
+        stock, _ = sdpa_attention_forward(Module(), query, key, value, m, scaling=0.25)
+        assert packed.shape == stock.shape == (2, 3, 8, 16)
+        torch.testing.assert_close(packed, stock, rtol=1e-5, atol=1e-6)
+
+
 def test_a_bf16_prefill_dtype_makes_the_first_prefill_attend_in_bf16():
     model = small_qwen2()
     fast = copy.deepcopy(model)

@@ -166,6 +166,41 @@ def test_offline_session_is_not_paced_and_a_stopped_session_keeps_what_it_said(s
     assert time.monotonic() - started < full.summary.media_s / 3
 
 
+class DraftRecordingChat(OracleChat):
+    """The oracle's answers as token ids (one per character), recording the draft each window is given; it
+    "confirms" the draft tokens its answer starts with."""
+
+    def __init__(self, feedback) -> None:
+        super().__init__(feedback)
+        self.drafts: list[list[int]] = []
+        self.texts: list[str] = []
+
+    def answer(self, inputs, prompt, **generation):
+        text = super().answer(inputs, prompt).text
+        draft = list(generation.get("draft") or [])
+        self.drafts.append(draft)
+        self.texts.append(text)
+        ids = [ord(c) for c in text]
+        same = next((i for i, (a, b) in enumerate(zip(ids, draft)) if a != b), min(len(ids), len(draft)))
+        return SimpleNamespace(text=text, token_ids=ids, draft_accepted=same)
+
+
+def test_each_window_gets_the_window_befores_answer_as_its_draft(sessions):
+    session = sessions[0]
+    chat = DraftRecordingChat(session.feedback)
+    live = LiveSession(chat, prompt=PROMPT, window_s=4, stride_s=1, cache=False)
+    summary = live.run(VideoFileSource(session.video)).summary
+    assert len(chat.drafts) == summary.windows_answered > 3
+    assert chat.drafts[0] == []
+    for k in range(1, len(chat.drafts)):
+        assert chat.drafts[k] == [ord(c) for c in chat.texts[k - 1]]
+    assert summary.new_tokens == sum(len(text) for text in chat.texts)
+    assert 0 < summary.draft_tokens_confirmed < summary.new_tokens  # repeats confirmed, changes not
+    answered = len(chat.drafts)
+    live.run(VideoFileSource(session.video))
+    assert chat.drafts[answered] == []  # a new run starts without a draft
+
+
 def test_unreadable_inputs_fail_with_one_line(tmp_path):
     with pytest.raises(FrameSourceError, match="not found"):
         VideoFileSource(tmp_path / "missing.mp4")

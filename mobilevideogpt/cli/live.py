@@ -124,6 +124,11 @@ def _summary_lines(summary, chat) -> list[str]:
     if summary.cache_hits is not None and summary.cache_hits + summary.cache_misses:
         total = summary.cache_hits + summary.cache_misses
         lines.append(f"frame cache: {summary.cache_hits} of {total} window frames reused")
+    if summary.new_tokens:
+        lines.append(
+            f"answers: {summary.new_tokens} tokens, {summary.draft_tokens_confirmed} of them repeated from the window "
+            "before and checked several at a time"
+        )
     return lines
 
 

@@ -37,6 +37,7 @@ ATTENTION = "mvgpt_sdpa"
 PREFILL_DTYPE = "prefill_attention_dtype"  # set on a decoder layer's attention by `use_packed_attention`
 GROWTH = 1.25  # buffer capacity over the length it must hold (plus HEADROOM): growth is rare and cheap
 HEADROOM = 64
+FEW_QUERIES = 8  # queries per step up to which grouped heads are packed under a mask (draft verification steps)
 
 
 class GrowingLayer(DynamicLayer):
@@ -135,7 +136,29 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         packed = query.reshape(batch, heads // groups, groups, dim)  # query head h uses key/value head h // groups
         out = F.scaled_dot_product_attention(packed, key, value, dropout_p=dropout, scale=scaling)
         return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+    if _few_masked_queries(query, attention_mask, groups, dropout, kwargs):
+        # A draft's verification step: the grouped heads' queries packed as one head's, each row with its position's
+        # mask row, instead of transformers' copy of the keys and values for every query head (at 2.4 k cached
+        # positions that copy and its attention took a 4-query step from 83 to 162 ms, a 1-query step's twice).
+        batch, heads, rows, dim = query.shape
+        packed = query.reshape(batch, heads // groups, groups * rows, dim)  # row g * rows + i: head g's query i
+        mask = attention_mask[:, :, :, : key.shape[-2]].repeat(1, 1, groups, 1)
+        out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
+        return out.reshape(batch, heads, rows, dim).transpose(1, 2), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _few_masked_queries(query, attention_mask, groups: int, dropout, kwargs) -> bool:
+    """A few queries (up to FEW_QUERIES) against grouped key/value heads under a 4-D mask, no dropout."""
+    return (
+        1 < query.shape[2] <= FEW_QUERIES
+        and groups > 1
+        and attention_mask is not None
+        and attention_mask.dim() == 4
+        and attention_mask.shape[1] == 1
+        and not dropout
+        and not kwargs.get("output_attentions")
+    )
 
 
 def _first_prefill(module, query, key, attention_mask, dropout, kwargs) -> bool:

@@ -63,6 +63,8 @@ class SessionSummary:
     cache_hits: int | None = None  # frames whose preprocessing and CLIP features were reused
     cache_misses: int | None = None
     max_buffered_frames: int = 0
+    new_tokens: int = 0  # generated over all windows answered
+    draft_tokens_confirmed: int = 0  # of them, from the window before's answer, checked several at a time
     error: str | None = None  # why the source stopped early, if it did
 
     @property
@@ -125,6 +127,7 @@ class LiveSession:
         self.log = log or logger.warning
         self._stop = threading.Event()
         self._source: FrameSource | None = None
+        self._draft: list[int] = []  # the last answer's tokens: the next window's answer often repeats them
 
     def stop(self) -> None:
         """End a running session after the current window, as if the source had ended (safe from a signal
@@ -147,6 +150,7 @@ class LiveSession:
             source.close()
             raise
         self._stop.clear()
+        self._draft = []
         summary = SessionSummary(source.uri, source.live, source.fps, plan.window_s, plan.stride_s)
         result = SessionResult(summary)
         suppressor = Suppressor(self.threshold)
@@ -201,10 +205,13 @@ class LiveSession:
             inputs = cache.inputs(frames, window, path)
         else:
             inputs = window_inputs(frames, window, self.chat.image_size, path)
-        answer = self.chat.answer(inputs, self.prompt, **self.generation)
+        answer = self.chat.answer(inputs, self.prompt, **self.generation, draft=self._draft)
         latency = time.perf_counter() - started
+        self._draft = list(getattr(answer, "token_ids", []))
         summary = result.summary
         summary.windows_answered += 1
+        summary.new_tokens += len(self._draft)
+        summary.draft_tokens_confirmed += getattr(answer, "draft_accepted", 0)
         summary.busy_s += latency
         decision = suppressor.check(answer.text)
         if decision.reason == "silence":
