@@ -373,6 +373,10 @@ class VideoChat:
         them several at a time (`engine/draft_decoding.py`): the same answer, fewer passes over the weights.
         """
         generation = self.generation_kwargs(max_new_tokens, temperature, top_p, min_new_tokens)
+        if draft:
+            vocabulary = self.model.get_input_embeddings().num_embeddings
+            if not all(isinstance(t, int) and 0 <= t < vocabulary for t in draft):
+                raise ValueError(f"a draft holds token ids (integers from 0 to {vocabulary - 1})")
         start = time.perf_counter()
         question = self._prepare(video, prompt, system_prompt)
         decoded = time.perf_counter()

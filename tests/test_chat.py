@@ -196,3 +196,5 @@ def test_a_draft_gives_the_same_answer_in_fewer_passes(mvgpt_fast_checkpoint, sa
     sampled = chat.answer(video, GUIDE_PROMPT, max_new_tokens=5, temperature=1.5, seed=3, draft=plain.token_ids)
     again = chat.answer(video, GUIDE_PROMPT, max_new_tokens=5, temperature=1.5, seed=3)
     assert sampled.token_ids == again.token_ids and sampled.draft_accepted == 0  # sampling ignores drafts
+    with pytest.raises(ValueError, match="token ids"):
+        chat.answer(video, GUIDE_PROMPT, max_new_tokens=2, draft=[1, 10**9])

@@ -65,11 +65,14 @@ def test_generation_equals_the_stock_path():
     assert torch.equal(again, stock)
 
 
-def test_packed_attention_equals_sdpa_for_one_query():
-    class Module:
-        num_key_value_groups = 4
-        is_causal = True
+class Module:
+    """What the attention functions read of an attention module: 8 query heads over 2 key/value heads."""
 
+    num_key_value_groups = 4
+    is_causal = True
+
+
+def test_packed_attention_equals_sdpa_for_one_query():
     query = torch.randn(1, 8, 1, 16)
     key, value = torch.randn(1, 2, 33, 16), torch.randn(1, 2, 33, 16)
     packed, _ = packed_sdpa_attention(Module(), query, key, value, None, scaling=0.25)
@@ -85,10 +88,6 @@ def test_packed_attention_equals_sdpa_for_one_query():
 
 
 def test_packed_attention_equals_sdpa_for_a_few_masked_queries():
-    class Module:
-        num_key_value_groups = 4
-        is_causal = True
-
     # A verification step: 3 new queries at positions 30-32 of 33, batch 2, the second sequence's first key padded.
     query = torch.randn(2, 8, 3, 16)
     key, value = torch.randn(2, 2, 33, 16), torch.randn(2, 2, 33, 16)
