@@ -25,7 +25,7 @@ def stored(n: int, k: int, fmt: str, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "int8"])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("k", [37, 901])  # below one 16-block, and 56 blocks + a tail of 5
 @pytest.mark.parametrize("threads", [1, 3])
 def test_kernel_computes_the_stored_weights_in_fp32(linear_kernel, fmt, rows, k, threads, monkeypatch):
@@ -53,8 +53,8 @@ def test_leading_dimensions_are_kept(linear_kernel):
 
 def test_bad_arguments_are_refused(linear_kernel):
     weight, scale, _ = stored(4, 8, "int8")
-    with pytest.raises(ValueError, match="1 to 4 rows"):
-        linear_cpu.linear_lowp(torch.randn(5, 8), weight, scale)
+    with pytest.raises(ValueError, match="1 to 8 rows"):
+        linear_cpu.linear_lowp(torch.randn(9, 8), weight, scale)
     with pytest.raises(ValueError, match="per-row fp32 scale"):
         linear_cpu.linear_lowp(torch.randn(1, 8), weight)
     with pytest.raises(ValueError, match="bf16 or int8"):

@@ -26,7 +26,7 @@ from . import native
 
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "linear_cpu.cpp"
-MAX_ROWS = 4  # activation rows per kernel call (kMaxRows in the source)
+MAX_ROWS = 8  # activation rows per kernel call (kMaxRows in the source)
 _WEIGHT_CODES = {torch.bfloat16: 1, torch.int8: 2}
 
 

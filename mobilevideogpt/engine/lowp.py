@@ -9,7 +9,7 @@ token embedding with modules that store the weight in low precision and widen it
   error ≤ scale / 2 per element. Opt-in (`--quantize int8`): it changes the model's numbers.
 
 Forward of `LowPrecisionLinear`, chosen by the number of activation rows:
-- up to `linear_cpu.MAX_ROWS` (a decode step): the compiled kernel reads the stored weight directly, fp32
+- up to `linear_cpu.MAX_ROWS` (a decode step, a draft's verification): the compiled kernel reads the stored weight directly, fp32
   activations and arithmetic — half (bf16) or a quarter (int8) of fp32's memory traffic, which sets decode speed;
 - more rows (a prefill): the weight is widened to `matmul_dtype` (fp32, or bf16 on CPUs with bf16 matrix units)
   for torch's matrix multiply; widening one layer at a time costs a few percent of a 2.4 k-token prefill. With
@@ -37,9 +37,9 @@ from .int8_matmul import quantize_rows
 
 WeightFormat = Literal["bf16", "int8"]
 WEIGHT_FORMATS: tuple[str, ...] = ("bf16", "int8")
-# Up to this many rows the kernel runs in passes of MAX_ROWS: two passes over bf16 weights move as many bytes as one
-# over fp32, while widening the weight for torch's matmul writes and reads a full fp32 copy.
-KERNEL_ROWS = 2 * linear_cpu.MAX_ROWS
+# Up to this many rows (a decode step, a draft's verification) the kernel multiplies them in one pass over the stored
+# weight; longer inputs (a prefill, a follow-up question) widen the weight for torch's matmul in the prefill's dtype.
+KERNEL_ROWS = linear_cpu.MAX_ROWS
 
 
 def _store(weight: torch.Tensor, fmt: WeightFormat) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -88,12 +88,7 @@ class LowPrecisionLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows <= KERNEL_ROWS and x.dtype == torch.float32 and linear_cpu.load_kernel() is not None:
-            if rows <= linear_cpu.MAX_ROWS:
-                return linear_cpu.linear_lowp(x, self.weight, self.scale, self.bias)
-            flat = x.reshape(rows, self.in_features)
-            step = linear_cpu.MAX_ROWS
-            parts = [linear_cpu.linear_lowp(flat[i : i + step], self.weight, self.scale, self.bias) for i in range(0, rows, step)]
-            return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
+            return linear_cpu.linear_lowp(x, self.weight, self.scale, self.bias)
         if self.packed is not None:
             return int8_matmul.linear(x, self.packed, self.out_features, self.bias).to(x.dtype)
         return self.product(x).to(x.dtype)

@@ -43,7 +43,7 @@ namespace {
 #include "threads.h"
 
 enum : int32_t { kBF16 = 1, kInt8 = 2 };  // weight element types, as passed in `wtype`
-constexpr int kMaxRows = 4;               // activation rows per call (decode steps pass one)
+constexpr int kMaxRows = 8;  // activation rows per call: decode steps pass one, a draft's verification up to 8
 // Weight bytes per work item: about 8 items per thread, within these bounds. A claim costs a shared-counter update,
 // and each item's stream starts cold (the prefetchers ramp up again); too few items leave one thread the last one.
 constexpr int64_t kMinChunkBytes = 32 << 10, kMaxChunkBytes = 256 << 10;
@@ -246,7 +246,11 @@ void run_item(const Problem& p, int64_t item) {
     case 1: rows_range<1>(p, n0, n1); break;
     case 2: rows_range<2>(p, n0, n1); break;
     case 3: rows_range<3>(p, n0, n1); break;
-    default: rows_range<4>(p, n0, n1); break;
+    case 4: rows_range<4>(p, n0, n1); break;
+    case 5: rows_range<5>(p, n0, n1); break;
+    case 6: rows_range<6>(p, n0, n1); break;
+    case 7: rows_range<7>(p, n0, n1); break;
+    default: rows_range<8>(p, n0, n1); break;
   }
 }
 
@@ -365,7 +369,7 @@ Pool* pool() {
 
 // y (rows, n) = x (rows, k) · W(n, k)ᵀ, times scale[o] for int8 weights, plus bias[o] when given.
 // x: fp32, row stride x_stride (elements); w: bf16 (wtype 1) or int8 (wtype 2) row-major; scale, bias: fp32 (n,);
-// y: fp32, row stride y_stride. 1 <= rows <= 4. Returns 0 on success, 1 on bad arguments, 2 when out of memory.
+// y: fp32, row stride y_stride. 1 <= rows <= 8. Returns 0 on success, 1 on bad arguments, 2 when out of memory.
 extern "C" int mvg_linear_lowp(const float* x, int64_t rows, int64_t k, int64_t x_stride, const void* w,
                                int32_t wtype, const float* scale, const float* bias, float* y, int64_t n,
                                int64_t y_stride, int32_t num_threads) {
