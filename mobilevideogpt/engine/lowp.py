@@ -9,8 +9,9 @@ token embedding with modules that store the weight in low precision and widen it
   error ≤ scale / 2 per element. Opt-in (`--quantize int8`): it changes the model's numbers.
 
 Forward of `LowPrecisionLinear`, chosen by the number of activation rows:
-- up to `linear_cpu.MAX_ROWS` (a decode step, a draft's verification): the compiled kernel reads the stored weight directly, fp32
-  activations and arithmetic — half (bf16) or a quarter (int8) of fp32's memory traffic, which sets decode speed;
+- up to `linear_cpu.MAX_ROWS` (a decode step, a draft's verification): the compiled kernel reads the stored weight
+  directly, fp32 activations and arithmetic — half (bf16) or a quarter (int8) of fp32's memory traffic, which sets
+  decode speed;
 - more rows (a prefill): the weight is widened to `matmul_dtype` (fp32, or bf16 on CPUs with bf16 matrix units)
   for torch's matrix multiply; widening one layer at a time costs a few percent of a 2.4 k-token prefill. With
   `int8_prefill` (int8 weights, `--quantize w8a8`) the prefill multiplies int8 activations by the same int8 weights
