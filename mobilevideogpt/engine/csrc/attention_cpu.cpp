@@ -44,7 +44,7 @@ struct Problem {
   float scale;
 };
 
-#include "exp_avx2.h"
+#include "exp_vec.h"
 #include "threads.h"
 
 // e^x for x <= 0 (scores minus their running maximum); exactly 0 below about -87.3, including -inf.

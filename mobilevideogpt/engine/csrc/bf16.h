@@ -1,7 +1,7 @@
 // bf16 <-> fp32 for the kernels: bf16 is the upper half of an fp32, so widening is exact; narrowing rounds to nearest
 // even and turns NaN into torch's quiet NaN, bit for bit what torch's float -> bfloat16 conversion does
 // (c10::BFloat16). The vector forms read and write 8 (AVX2) or 16 (AVX512F) values; they need <immintrin.h>
-// included before. Kernels include this file textually, as exp_avx2.h.
+// included before. Kernels include this file textually, as exp_vec.h.
 inline float bf16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;

@@ -89,54 +89,7 @@ void divide_row(const float* x, float m, int64_t k, float* out) {
   for (; j < k; ++j) out[j] = x[j] / m;
 }
 
-#include "exp_avx2.h"
-
-// silu(g) = g / (1 + e^-g), then times u: the order torch rounds in.
-
-void silu_mul_row(const float* g, const float* u, int64_t k, float* out) {
-  int64_t j = 0;
-#if defined(MVG_ROWS_AVX2)
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (; j + 8 <= k; j += 8) {
-    const __m256 v = _mm256_loadu_ps(g + j);
-    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(v, sign))));
-    _mm256_storeu_ps(out + j, _mm256_mul_ps(s, _mm256_loadu_ps(u + j)));
-  }
-#endif
-  for (; j < k; ++j) out[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
-}
-
-// quick_gelu(v) = v * sigmoid(1.702 v) with sigmoid(t) = 1 / (1 + e^-t): the order torch rounds in (CLIP's MLP).
-void quick_gelu_row(float* v, int64_t k) {
-  int64_t j = 0;
-#if defined(MVG_ROWS_AVX2)
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 minus_slope = _mm256_set1_ps(-1.702f);
-  for (; j + 8 <= k; j += 8) {
-    const __m256 x = _mm256_loadu_ps(v + j);
-    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(x, minus_slope))));
-    _mm256_storeu_ps(v + j, _mm256_mul_ps(x, s));
-  }
-#endif
-  for (; j < k; ++j) v[j] = v[j] * (1.0f / (1.0f + std::exp(-(1.702f * v[j]))));
-}
-
-// y = y * m (+ bias) in one rounding (a fused multiply-add, as torch.addcmul); no bias: y * m.
-void scale_row(float* y, float m, const float* bias, int64_t n) {
-  int64_t j = 0;
-#if defined(MVG_ROWS_AVX2)
-  const __m256 vm = _mm256_set1_ps(m);
-  if (bias != nullptr) {
-    for (; j + 8 <= n; j += 8)
-      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(_mm256_loadu_ps(y + j), vm, _mm256_loadu_ps(bias + j)));
-  } else {
-    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), vm));
-  }
-#endif
-  for (; j < n; ++j) y[j] = bias != nullptr ? std::fma(y[j], m, bias[j]) : y[j] * m;
-}
-
+#include "exp_vec.h"
 #include "bf16.h"
 
 // Rows of fp32 or bf16 (bf16: true), read and written 8 at a time.
@@ -161,6 +114,90 @@ struct Row {
     else static_cast<float*>(p)[j] = v;
   }
 };
+
+
+// silu(g) = g / (1 + e^-g), then times u: the order torch rounds in. fp32 or bf16 rows (bf16: computed in fp32 and
+// rounded once, where torch's silu_ then mul_ round after each; under AVX512 16 lanes with a reciprocal, far inside
+// bf16's rounding).
+template <bool bf16>
+void silu_mul_row(const void* g, const void* u, int64_t k, void* out) {
+  using R = Row<bf16>;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if constexpr (bf16) {
+    const auto* gb = static_cast<const uint16_t*>(g);
+    const auto* ub = static_cast<const uint16_t*>(u);
+    const __m512 one16 = _mm512_set1_ps(1.0f), sign16 = _mm512_set1_ps(-0.0f);
+    for (; j + 16 <= k; j += 16) {
+      const __m512 x = load_bf16x16(gb + j);
+      const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_xor_ps(x, sign16)));
+      store_bf16x16(static_cast<uint16_t*>(out) + j,
+                    _mm512_mul_ps(_mm512_mul_ps(x, reciprocal_avx512(d)), load_bf16x16(ub + j)));
+    }
+  }
+#endif
+#if defined(MVG_ROWS_AVX2)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (; j + 8 <= k; j += 8) {
+    const __m256 v = R::load(g, j);
+    const __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(v, sign))));
+    R::store(out, j, _mm256_mul_ps(s, R::load(u, j)));
+  }
+#endif
+  for (; j < k; ++j) {
+    const float x = R::get(g, j);
+    R::put(out, j, x / (1.0f + std::exp(-x)) * R::get(u, j));
+  }
+}
+
+// quick_gelu(v) = v * sigmoid(1.702 v) with sigmoid(t) = 1 / (1 + e^-t): the order torch rounds in (CLIP's MLP), in
+// place on fp32 or bf16 rows (bf16 as silu_mul_row's). CLIP's 3152 x 3072 bf16 quick_gelu on 2 cores of a Xeon with
+// AMX-bf16: 9.1 ms with the AVX2 loop (a division per 8 values), 6.7 ms with the AVX512 one, ~9 ms in torch's 3 ops.
+template <bool bf16>
+void quick_gelu_row(void* v, int64_t k) {
+  using R = Row<bf16>;
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if constexpr (bf16) {
+    auto* vb = static_cast<uint16_t*>(v);
+    const __m512 one16 = _mm512_set1_ps(1.0f);
+    for (; j + 16 <= k; j += 16) {
+      const __m512 x = load_bf16x16(vb + j);
+      const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f))));
+      store_bf16x16(vb + j, _mm512_mul_ps(x, reciprocal_avx512(d)));
+    }
+  }
+#endif
+#if defined(MVG_ROWS_AVX2)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 minus_slope = _mm256_set1_ps(-1.702f);
+  for (; j + 8 <= k; j += 8) {
+    const __m256 x = R::load(v, j);
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(x, minus_slope))));
+    R::store(v, j, _mm256_mul_ps(x, s));
+  }
+#endif
+  for (; j < k; ++j) {
+    const float x = R::get(v, j);
+    R::put(v, j, x * (1.0f / (1.0f + std::exp(-(1.702f * x)))));
+  }
+}
+
+// y = y * m (+ bias) in one rounding (a fused multiply-add, as torch.addcmul); no bias: y * m.
+void scale_row(float* y, float m, const float* bias, int64_t n) {
+  int64_t j = 0;
+#if defined(MVG_ROWS_AVX2)
+  const __m256 vm = _mm256_set1_ps(m);
+  if (bias != nullptr) {
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(_mm256_loadu_ps(y + j), vm, _mm256_loadu_ps(bias + j)));
+  } else {
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(y + j), vm));
+  }
+#endif
+  for (; j < n; ++j) y[j] = bias != nullptr ? std::fma(y[j], m, bias[j]) : y[j] * m;
+}
 
 // v = x (+ residual) in fp32, into sum_out (may be null: then v is recomputed in the second pass); out = v *
 // (1 / sqrt(mean(v²) + eps)) * w, in that order of roundings (VideoMamba's RMSNorm, Qwen2RMSNorm).
@@ -220,82 +257,6 @@ void rms_norm_rows(const void* x, int64_t x_stride, const float* residual, float
   });
 }
 
-#if defined(__AVX512F__)
-// 16 lanes: e^t as 2^(t·log2 e) with scalef (no lower clamp needed), the quotient as a reciprocal estimate and one
-// Newton step (relative error ~1e-7, far below bf16's 4e-3). CLIP's 3152 x 3072 bf16 quick_gelu on 2 cores of a Xeon
-// with AMX-bf16: 9.1 ms with the AVX2 loop (a division per 8 values), 6.7 ms with this one, ~9 ms in torch's 3 ops.
-inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.37626f));  // finite: reciprocal_avx512's Newton step never meets inf · 0
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, k);
-}
-
-inline __m512 reciprocal_avx512(__m512 d) {
-  const __m512 s = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, _mm512_set1_ps(2.0f)));
-}
-#endif
-
-void quick_gelu_bf16_row(uint16_t* v, int64_t k) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  const __m512 one16 = _mm512_set1_ps(1.0f);
-  for (; j + 16 <= k; j += 16) {
-    const __m512 x = load_bf16x16(v + j);
-    const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f))));
-    store_bf16x16(v + j, _mm512_mul_ps(x, reciprocal_avx512(d)));
-  }
-#endif
-#if defined(MVG_ROWS_AVX2)
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 minus_slope = _mm256_set1_ps(-1.702f);
-  for (; j + 8 <= k; j += 8) {
-    const __m256 x = load_bf16x8(v + j);
-    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_mul_ps(x, minus_slope))));
-    store_bf16x8(v + j, _mm256_mul_ps(x, s));
-  }
-#endif
-  for (; j < k; ++j) {
-    const float x = bf16_to_float(v[j]);
-    v[j] = float_to_bf16(x * (1.0f / (1.0f + std::exp(-(1.702f * x)))));
-  }
-}
-
-// out = silu(g) * u for bf16 rows, in fp32 and rounded once (torch's silu_ then mul_ round after each).
-void silu_mul_bf16_row(const uint16_t* g, const uint16_t* u, int64_t k, uint16_t* out) {
-  int64_t j = 0;
-#if defined(__AVX512F__)
-  const __m512 one16 = _mm512_set1_ps(1.0f), sign16 = _mm512_set1_ps(-0.0f);
-  for (; j + 16 <= k; j += 16) {
-    const __m512 x = load_bf16x16(g + j);
-    const __m512 d = _mm512_add_ps(one16, exp_avx512(_mm512_xor_ps(x, sign16)));
-    store_bf16x16(out + j, _mm512_mul_ps(_mm512_mul_ps(x, reciprocal_avx512(d)), load_bf16x16(u + j)));
-  }
-#endif
-#if defined(MVG_ROWS_AVX2)
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (; j + 8 <= k; j += 8) {
-    const __m256 x = load_bf16x8(g + j);
-    const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(x, sign))));
-    store_bf16x8(out + j, _mm256_mul_ps(s, load_bf16x8(u + j)));
-  }
-#endif
-  for (; j < k; ++j) {
-    const float x = bf16_to_float(g[j]);
-    out[j] = float_to_bf16(x / (1.0f + std::exp(-x)) * bf16_to_float(u[j]));
-  }
-}
 
 }  // namespace
 
@@ -306,7 +267,7 @@ extern "C" int mvg_silu_mul_bf16(const uint16_t* gate, int64_t gate_stride, cons
   if (rows < 0 || k < 1 || gate_stride < k || up_stride < k || out_stride < k) return 1;
   run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      silu_mul_bf16_row(gate + r * gate_stride, up + r * up_stride, k, out + r * out_stride);
+      silu_mul_row<true>(gate + r * gate_stride, up + r * up_stride, k, out + r * out_stride);
   });
   return 0;
 }
@@ -334,7 +295,7 @@ extern "C" int mvg_rms_norm(const void* x, int x_bf16, int64_t x_stride, const f
 extern "C" int mvg_quick_gelu_bf16(uint16_t* y, int64_t rows, int64_t n, int64_t y_stride, int num_threads) {
   if (rows < 0 || n < 1 || y_stride < n) return 1;
   run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) quick_gelu_bf16_row(y + r * y_stride, n);
+    for (int64_t r = r0; r < r1; ++r) quick_gelu_row<true>(y + r * y_stride, n);
   });
   return 0;
 }
@@ -363,7 +324,7 @@ extern "C" int mvg_silu_mul(const float* gate, int64_t gate_stride, const float*
   run_rows(rows, num_threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* row = out + r * out_stride;
-      silu_mul_row(gate + r * gate_stride, up + r * up_stride, k, row);
+      silu_mul_row<false>(gate + r * gate_stride, up + r * up_stride, k, row);
       if (row_max != nullptr) {
         row_max[r] = row_max_abs(row, k);
         divide_row(row, row_max[r], k, row);
@@ -395,7 +356,7 @@ extern "C" int mvg_quick_gelu(float* y, int64_t rows, int64_t n, int64_t y_strid
     for (int64_t r = r0; r < r1; ++r) {
       float* row = y + r * y_stride;
       if (row_max != nullptr) scale_row(row, row_max[r], bias, n);
-      quick_gelu_row(row, n);
+      quick_gelu_row<false>(row, n);
       if (out_max != nullptr) {
         out_max[r] = row_max_abs(row, n);
         divide_row(row, out_max[r], n, row);

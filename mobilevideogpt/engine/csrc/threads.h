@@ -1,4 +1,4 @@
-// How the kernels run on several threads. Kernels include this file textually (see exp_avx2.h); it needs
+// How the kernels run on several threads. Kernels include this file textually (see exp_vec.h); it needs
 // <algorithm>, <atomic>, <pthread.h>, <thread>, <vector> and, built with OpenMP, <omp.h>, included before it at file
 // scope.
 //
