@@ -394,10 +394,7 @@ class VideoChat:
             self._synchronize()
             encoded = time.perf_counter()
             generation = self._fit_positions(generation, spliced.inputs_embeds.shape[1])
-            if draft and not generation["do_sample"]:
-                new_ids, token_times, accepted = self._generate_with_draft(spliced, cache, generation, on_text, draft)
-            else:
-                (new_ids, token_times), accepted = self._generate(spliced, cache, generation, on_text), 0
+            new_ids, token_times, accepted = self._generate(spliced, cache, generation, on_text, draft)
         finished = time.perf_counter()
 
         if self.keep_video:
@@ -419,9 +416,7 @@ class VideoChat:
             "top_p": top_p if temperature > 0 else None,
             "seed": seed,
         }
-        result = self._result(question, prompt, new_ids, timings, settings)
-        result.draft_accepted = accepted
-        return result
+        return self._result(question, prompt, new_ids, timings, settings, accepted)
 
     def _prepare(self, video: str | os.PathLike | VideoInputs, prompt: str, system_prompt: str | None) -> _Question:
         """The prompt's ids, and the video: served by the cached prefix of the last video, or decoded now."""
@@ -448,23 +443,21 @@ class VideoChat:
             scores[None].to(self.device) if scores is not None else None,
         )
 
-    def _generate(self, spliced, cache, generation: dict, on_text) -> tuple[list[int], list[float]]:
-        """The new token ids after the spliced prompt (its positions past the cache's), and when each arrived."""
-        streamer = _TimedStreamer(self.tokenizer, on_text)
-        new_ids = self.model.generate(
-            inputs_embeds=spliced.inputs_embeds,
-            attention_mask=spliced.attention_mask,
-            cache=cache,
-            streamer=streamer,
-            **generation,
-        )[0].tolist()
-        return new_ids, streamer.token_times
-
-    def _generate_with_draft(
-        self, spliced, cache, generation: dict, on_text, draft: Sequence[int]
+    def _generate(
+        self, spliced, cache, generation: dict, on_text, draft: Sequence[int] | None
     ) -> tuple[list[int], list[float], int]:
-        """`_generate` for greedy settings, checking `draft`; also how many draft tokens were confirmed."""
+        """The new token ids after the spliced prompt (its positions past the cache's), when each arrived, and how
+        many of them were confirmed from `draft` (greedy settings check it; `generate` runs otherwise)."""
         streamer = _TimedStreamer(self.tokenizer, on_text)
+        if not draft or generation["do_sample"]:
+            new_ids = self.model.generate(
+                inputs_embeds=spliced.inputs_embeds,
+                attention_mask=spliced.attention_mask,
+                cache=cache,
+                streamer=streamer,
+                **generation,
+            )[0].tolist()
+            return new_ids, streamer.token_times, 0
         streamer.put(torch.empty(1, 0, dtype=torch.long))  # the prompt, as `generate` passes it first
         decoded = greedy_decode(
             self.model,
@@ -501,7 +494,7 @@ class VideoChat:
         self._keep(kept)
 
     def _result(
-        self, question: _Question, prompt: str, new_ids: list[int], timings: Timings, generation: dict
+        self, question: _Question, prompt: str, new_ids: list[int], timings: Timings, generation: dict, accepted: int
     ) -> ChatResult:
         """The answer's text (stop string and surrounding whitespace removed) and why generation ended."""
         stopped = bool(new_ids) and new_ids[-1] in self.stop_token_ids
@@ -516,4 +509,5 @@ class VideoChat:
             timings=timings,
             generation=generation,
             token_ids=list(new_ids),
+            draft_accepted=accepted,
         )

@@ -132,20 +132,24 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
             return attention_cpu.causal_attention(query, key, value, scale), None
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] == 1 and attention_mask is None and groups > 1 and not kwargs.get("output_attentions"):
-        batch, heads, _, dim = query.shape
-        packed = query.reshape(batch, heads // groups, groups, dim)  # query head h uses key/value head h // groups
-        out = F.scaled_dot_product_attention(packed, key, value, dropout_p=dropout, scale=scaling)
-        return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+        return _grouped_heads_packed(query, key, value, None, groups, dropout, scaling), None
     if _few_masked_queries(query, attention_mask, groups, dropout, kwargs):
-        # A draft's verification step: the grouped heads' queries packed as one head's, each row with its position's
-        # mask row, instead of transformers' copy of the keys and values for every query head (at 2.4 k cached
-        # positions that copy and its attention took a 4-query step from 83 to 162 ms, a 1-query step's twice).
-        batch, heads, rows, dim = query.shape
-        packed = query.reshape(batch, heads // groups, groups * rows, dim)  # row g * rows + i: head g's query i
-        mask = attention_mask[:, :, :, : key.shape[-2]].repeat(1, 1, groups, 1)
-        out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
-        return out.reshape(batch, heads, rows, dim).transpose(1, 2), None
+        # A draft's verification step, each row under its position's mask row, instead of transformers' copy of the
+        # keys and values for every query head (at 2.4 k cached positions that copy and its attention took a 4-query
+        # step from 83 to 162 ms, a 1-query step's twice).
+        return _grouped_heads_packed(query, key, value, attention_mask, groups, dropout, scaling), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _grouped_heads_packed(query, key, value, mask, groups: int, dropout, scaling) -> torch.Tensor:
+    """SDPA with the query heads that share a key/value head stacked as the rows of one head (query head h uses
+    key/value head h // groups; row g * queries + i is head g's query i, under mask row i) → (B, queries, Hq, D)."""
+    batch, heads, queries, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups * queries, dim)
+    if mask is not None:
+        mask = mask[:, :, :, : key.shape[-2]].repeat(1, 1, groups, 1)
+    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.reshape(batch, heads, queries, dim).transpose(1, 2)
 
 
 def _few_masked_queries(query, attention_mask, groups: int, dropout, kwargs) -> bool:

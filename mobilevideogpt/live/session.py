@@ -210,7 +210,7 @@ class LiveSession:
         self._draft = list(getattr(answer, "token_ids", []))
         summary = result.summary
         summary.windows_answered += 1
-        summary.new_tokens += len(self._draft)
+        summary.new_tokens += len(self._draft)  # this answer's tokens, the next window's draft
         summary.draft_tokens_confirmed += getattr(answer, "draft_accepted", 0)
         summary.busy_s += latency
         decision = suppressor.check(answer.text)
